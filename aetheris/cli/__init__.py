@@ -1,0 +1,5 @@
+"""The ``aetheris`` command line."""
+
+from aetheris.cli.app import main
+
+__all__ = ["main"]

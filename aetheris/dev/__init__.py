@@ -1,0 +1,1 @@
+"""The embedded development stack: Apache Kafka (or Tansu) and PostgreSQL, no servers to install."""
