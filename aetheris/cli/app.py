@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 
-from aetheris.config import Settings, load_settings
+from aetheris.cli import db, dev, topics
 from aetheris.errors import AetherisError, ConfigError
 
 app = typer.Typer(
@@ -18,26 +17,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-def current_settings() -> Settings:
-    """Settings for a command (re-read on every invocation, never cached across tests)."""
-    return load_settings()
-
-
-def _register() -> None:
-    from aetheris.cli import db, dev, topics
-
-    app.add_typer(dev.app, name="dev", help="Run the embedded stack (broker + PostgreSQL).")
-    app.add_typer(topics.app, name="topics", help="Create and check the Kafka topics.")
-    app.add_typer(db.app, name="db", help="Database migrations.")
+app.add_typer(dev.app, name="dev", help="Run the embedded stack (broker + PostgreSQL).")
+app.add_typer(topics.app, name="topics", help="Create and check the Kafka topics.")
+app.add_typer(db.app, name="db", help="Database migrations.")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    _register()
     try:
         result = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:

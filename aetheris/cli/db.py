@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from aetheris.cli.app import console, current_settings
+from aetheris.cli._common import console, current_settings
 from aetheris.db.migrate import applied_versions, available, migrate
 from aetheris.endpoints import resolve
 

@@ -7,7 +7,7 @@ import threading
 
 import typer
 
-from aetheris.cli.app import console, current_settings, err_console
+from aetheris.cli._common import console, current_settings, err_console
 from aetheris.dev.stack import DevStack, StackState
 
 app = typer.Typer(no_args_is_help=True)

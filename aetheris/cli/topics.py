@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from aetheris.cli.app import console, current_settings
+from aetheris.cli._common import console, current_settings
 from aetheris.endpoints import resolve
 from aetheris.kafka.clients import make_admin
 from aetheris.kafka.topics import ensure_topics, topic_specs

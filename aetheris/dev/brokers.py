@@ -101,8 +101,8 @@ class KafkaBroker:
 
     profile = KAFKA_PROFILE
 
-    def __init__(self, home: Path, port: int) -> None:
-        self.home = home
+    def __init__(self, home: Path, port: int, jar_home: Path | None = None) -> None:
+        self.jar_home = jar_home or home
         self.port = port
         self.dir = home / "kafka"
         self.process = PidFileProcess(self.dir / "broker.pid", self.dir / "broker.out", str(self.dir))
@@ -145,7 +145,7 @@ class KafkaBroker:
         return [
             java, f"-Xmx{heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-            "-cp", classpath(self.home), main, *args,
+            "-cp", classpath(self.jar_home), main, *args,
         ]
 
     def _format_storage(self, config: Path) -> None:

@@ -1,0 +1,5 @@
+"""``python -m aetheris``."""
+
+from aetheris.cli import main
+
+main()

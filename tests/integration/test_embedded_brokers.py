@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import NewTopic
+
+from aetheris.dev.brokers import KafkaBroker, make_broker
+from aetheris.kafka.clients import make_admin, make_consumer, make_producer
+from tests.conftest import Broker, free_port, jar_home
+
+pytestmark = pytest.mark.integration
+
+
+def round_trip(bootstrap: str, topic: str, payload: bytes) -> bytes:
+    producer = make_producer(bootstrap)
+    producer.produce(topic, key=b"tenant", value=payload)
+    assert producer.flush(30) == 0
+    consumer = make_consumer(bootstrap, f"g-{uuid.uuid4().hex}")
+    consumer.subscribe([topic])
+    try:
+        for _ in range(200):
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                return bytes(message.value())
+    finally:
+        consumer.close()
+    raise AssertionError("record never arrived")
+
+
+@pytest.mark.tansu
+def test_produce_consume_on_each_broker(any_broker: Broker, topic_prefix: str) -> None:
+    topic = f"{topic_prefix}smoke"
+    admin = make_admin(any_broker.bootstrap)
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    assert round_trip(any_broker.bootstrap, topic, b"hello") == b"hello"
+
+
+def test_kafka_topics_and_records_survive_a_restart(tmp_path: Path) -> None:
+    broker = KafkaBroker(tmp_path, free_port(2), jar_home=jar_home())
+    broker.start()
+    try:
+        admin = make_admin(broker.bootstrap)
+        admin.create_topics([NewTopic("kept", 2, 1)])["kept"].result(30)
+        producer = make_producer(broker.bootstrap)
+        producer.produce("kept", key=b"k", value=b"before restart")
+        assert producer.flush(30) == 0
+        broker.stop()
+        assert not broker.running()
+        broker.start()
+        assert "kept" in make_admin(broker.bootstrap).list_topics(timeout=30).topics
+        consumer = make_consumer(broker.bootstrap, "after-restart")
+        consumer.subscribe(["kept"])
+        values = []
+        for _ in range(120):
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                values.append(message.value())
+                break
+        consumer.close()
+        assert values == [b"before restart"]
+    finally:
+        broker.stop()
+
+
+def test_auto_prefers_kafka_when_java_is_present(tmp_path: Path) -> None:
+    assert make_broker("auto", tmp_path, 1).profile.kind == "kafka"
+
+
+def test_auto_falls_back_to_tansu_without_java(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on PATH
+    broker = make_broker("auto", tmp_path, 1)
+    assert broker.profile.kind == "tansu"
+    assert "memory-only" in broker.profile.limits

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from aetheris.db import migrate as migrations
+from aetheris.errors import MigrationError
+
+pytestmark = pytest.mark.integration
+
+# Tables that belong to no tenant: fencing is per partition, versions per database.
+GLOBAL_TABLES = {"partition_leases", "schema_migrations"}
+
+
+def test_migrate_is_idempotent_and_records_versions(empty_database_url: str) -> None:
+    first = migrations.migrate(empty_database_url)
+    assert [m.version for m in first] == [m.version for m in migrations.available()]
+    assert migrations.migrate(empty_database_url) == []
+    assert migrations.applied_versions(empty_database_url) == [m.version for m in first]
+
+
+def test_every_tenant_owned_table_carries_tenant_id(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+        with_tenant = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND column_name = 'tenant_id'")}
+    expected = {"jobs", "job_events", "ledger", "partition_leases", "job_snapshots", "tenants",
+                "quotas", "api_keys", "audit_log", "job_index", "job_stats"}
+    assert expected <= tables
+    assert tables - GLOBAL_TABLES <= with_tenant
+
+
+def test_ledger_enforces_at_most_one_row_per_step(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO jobs (job_id, tenant_id, agent, partition, status, input) "
+                     "VALUES ('j1', 't1', 'a', 0, 'RUNNING', '{}')")
+        insert = ("INSERT INTO ledger (job_id, seq, step_key, tenant_id, kind, name, status, "
+                  "args_hash, epoch) VALUES ('j1', %s, %s, 't1', 'tool', 'charge', 'started', '\\x00', 1)")
+        conn.execute(insert, (1, "1:charge:abc"))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(insert, (2, "1:charge:abc"))
+
+
+def test_a_changed_applied_migration_is_an_error(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrations.migrate(empty_database_url)
+    original = migrations.available()
+    changed = [migrations.Migration(m.version, m.name, m.sql + "\n-- edited") for m in original]
+    monkeypatch.setattr(migrations, "available", lambda: changed)
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        migrations.migrate(empty_database_url)
+
+
+def test_a_failing_migration_leaves_nothing_half_applied(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = [*migrations.available(),
+              migrations.Migration(9999, "broken", "CREATE TABLE half (v int); SELECT nope;")]
+    monkeypatch.setattr(migrations, "available", lambda: broken)
+    with pytest.raises(MigrationError, match="nope"):
+        migrations.migrate(empty_database_url)
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT to_regclass('half')").fetchone() == (None,)
+    assert 9999 not in migrations.applied_versions(empty_database_url)
