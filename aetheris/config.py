@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aetheris.errors import ConfigError
@@ -55,6 +55,12 @@ class Settings(BaseSettings):
 
     dev_postgres_port: int = Field(default=25432, ge=1, le=65535)
     """TCP port of the embedded PostgreSQL started by ``aetheris dev up``."""
+
+    llm_base_url: str | None = None
+    """OpenAI-compatible chat-completions base URL (e.g. ``https://api.openai.com/v1``)."""
+
+    llm_api_key: SecretStr | None = None
+    """API key for the LLM endpoint (never logged)."""
 
     @field_validator("home")
     @classmethod
