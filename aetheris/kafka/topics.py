@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from aetheris.config import Settings
 from aetheris.errors import InfrastructureError, TopicDriftError
@@ -59,7 +59,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 TopicOutcome = Literal["created", "exists"]
 
 
-def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout_s: float = 30) -> dict[str, TopicOutcome]:
+def ensure_topics(
+    admin: AdminClient, specs: list[TopicSpec], timeout_s: float = 30
+) -> dict[str, TopicOutcome]:
     """Create missing topics; verify existing ones. Raise :class:`TopicDriftError` on any drift."""
     existing = _describe(admin, timeout_s)
     missing = [spec for spec in specs if spec.name not in existing]
