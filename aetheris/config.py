@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     dev_postgres_port: int = Field(default=25432, ge=1, le=65535)
     """TCP port of the embedded PostgreSQL started by ``aetheris dev up``."""
 
+    session_timeout_ms: int | None = Field(default=None, ge=1000, le=300_000)
+    """Consumer-group session timeout of workers (default: the broker profile's)."""
+
     llm_base_url: str | None = None
     """OpenAI-compatible chat-completions base URL (e.g. ``https://api.openai.com/v1``)."""
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,7 +145,8 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
 
 def _drop_test_databases(server: Postgres) -> None:
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
-        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'aetheris_t%'")]
+        query = "SELECT datname FROM pg_database WHERE datname LIKE 'aetheris_t%'"
+        names = [r[0] for r in conn.execute(query)]
         for name in names:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
@@ -189,3 +191,111 @@ def topics(settings: Settings, kafka: Broker) -> Settings:
     """``settings`` with this test's topics created."""
     ensure_topics(make_admin(kafka.bootstrap), topic_specs(settings))
     return settings
+
+
+# -- worker processes ------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``aetheris worker`` process."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    instance_id: str
+
+    def kill(self, sig: int = 9) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        if sig in (9, 15):
+            self.proc.wait(60)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Stack:
+    """Settings, environment and helpers for tests that run real workers."""
+
+    settings: Settings
+    env: dict[str, str]
+    tmp: Path
+    workers: list[WorkerProcess]
+
+    @property
+    def database_url(self) -> str:
+        return str(self.settings.database_url)
+
+    def start_worker(self, instance_id: str | None = None, wait_for: int | None = None,
+                     **extra_env: str) -> WorkerProcess:
+        """Start a worker; wait until it owns ``wait_for`` partitions (default: all)."""
+        instance_id = instance_id or f"w-{uuid.uuid4().hex[:6]}"
+        log = self.tmp / f"{instance_id}-{len(self.workers)}.log"
+        args = [sys.executable, "-m", "aetheris", "worker", "--agents", "tests.agents",
+                "--instance-id", instance_id, "--shutdown-timeout", "5"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, env={**self.env, **extra_env}, cwd=REPO,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        worker = WorkerProcess(proc, log, instance_id)
+        self.workers.append(worker)
+        expected = self.settings.partitions if wait_for is None else wait_for
+        self.wait(lambda: self.owned(instance_id) >= expected, 60,
+                  f"{instance_id} never owned {expected} partitions:\n{worker.output()[-3000:]}")
+        return worker
+
+    def owned(self, instance_id: str) -> int:
+        with psycopg.connect(self.database_url) as conn:
+            row = conn.execute("SELECT count(*) FROM partition_leases WHERE owner = %s",
+                               (instance_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def effects(self, job_id: str | None = None, name: str | None = None) -> int:
+        """Exact number of tool executions recorded (for a job, a step name)."""
+        query = "SELECT count(*) FROM side_effects WHERE (%s::text IS NULL OR job_id = %s)" \
+                " AND (%s::text IS NULL OR name = %s)"
+        with psycopg.connect(self.database_url) as conn:
+            row = conn.execute(query, (job_id, job_id, name, name)).fetchone()
+        return int(row[0]) if row else 0
+
+    def query(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute(sql.encode(), params).fetchall()
+
+    @staticmethod
+    def wait(check: object, timeout: float, message: str) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():  # type: ignore[operator]
+                return
+            time.sleep(0.1)
+        raise AssertionError(message)
+
+
+@pytest.fixture
+def stack(topics: Settings, tmp_path: Path) -> Iterator[Stack]:
+    """Everything a worker test needs; every worker it started is killed afterwards."""
+    from tests.agents import EFFECTS_TABLE
+
+    with psycopg.connect(str(topics.database_url), autocommit=True) as conn:
+        conn.execute(EFFECTS_TABLE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AETHERIS_")}
+    env.update({
+        "AETHERIS_KAFKA_BOOTSTRAP": str(topics.kafka_bootstrap),
+        "AETHERIS_DATABASE_URL": str(topics.database_url),
+        "AETHERIS_TOPIC_PREFIX": topics.topic_prefix,
+        "AETHERIS_PARTITIONS": str(topics.partitions),
+        "AETHERIS_HOME": str(tmp_path / "home"),
+        "AETHERIS_TEST_EFFECTS_URL": str(topics.database_url),
+        "PYTHONPATH": str(REPO),
+    })
+    running = Stack(topics, env, tmp_path, [])
+    yield running
+    for worker in running.workers:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(30)

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from aetheris.cli import db, dev, topics
+from aetheris.cli import db, dev, jobs, topics, worker
 from aetheris.errors import AetherisError, ConfigError
 
 app = typer.Typer(
@@ -20,6 +20,14 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev", help="Run the embedded stack (broker + PostgreSQL).")
 app.add_typer(topics.app, name="topics", help="Create and check the Kafka topics.")
 app.add_typer(db.app, name="db", help="Database migrations.")
+app.add_typer(jobs.jobs_app, name="jobs", help="Inspect jobs.")
+app.command("worker")(worker.worker)
+app.command("workers")(worker.workers)
+app.command("submit")(jobs.submit)
+app.command("confirm")(jobs.confirm)
+app.command("signal")(jobs.signal)
+app.command("cancel")(jobs.cancel)
+app.command("resolve")(jobs.resolve_step)
 
 
 def main(argv: list[str] | None = None) -> None:

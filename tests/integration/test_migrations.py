@@ -39,8 +39,9 @@ def test_ledger_enforces_at_most_one_row_per_step(database_url: str) -> None:
         insert = ("INSERT INTO ledger (job_id, seq, step_key, tenant_id, kind, name, status, "
                   "args_hash, epoch) VALUES ('j1', %s, %s, 't1', 'tool', 'charge', 'started', '\\x00', 1)")
         conn.execute(insert, (1, "1:charge:abc"))
-        with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute(insert, (2, "1:charge:abc"))
+        for seq, key in ((2, "1:charge:abc"), (1, "1:other:def")):
+            with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+                conn.execute(insert, (seq, key))
 
 
 def test_a_changed_applied_migration_is_an_error(

@@ -79,7 +79,7 @@ CREATE TABLE job_events (
     type          text NOT NULL,
     occurred_at   timestamptz NOT NULL,
     payload       jsonb NOT NULL,
-    prev_hash     bytea NOT NULL,
+    prev_hash     bytea,                 -- NULL only for seq 1
     hash          bytea NOT NULL,
     published_at  timestamptz,
     PRIMARY KEY (job_id, seq)
@@ -89,10 +89,12 @@ CREATE INDEX job_events_unpublished ON job_events (partition, job_id, seq)
 CREATE INDEX job_events_tenant ON job_events (tenant_id, occurred_at);
 
 -- One row per durable step; the row is committed before the effect runs (at-most-once).
+-- seq is the step's position in the agent's call order; inbox rows (confirmations and signals
+-- that arrived as commands, key 'inbox:<command id>') have no seq until a step consumes them.
 CREATE TABLE ledger (
     job_id           text NOT NULL REFERENCES jobs (job_id),
-    seq              integer NOT NULL CHECK (seq >= 1),
     step_key         text NOT NULL,
+    seq              integer CHECK (seq >= 1),
     tenant_id        text NOT NULL,
     kind             text NOT NULL CHECK (kind IN ('tool', 'llm', 'confirm', 'signal', 'timer', 'state')),
     name             text NOT NULL,
@@ -103,13 +105,28 @@ CREATE TABLE ledger (
     error            jsonb,
     attempt          integer NOT NULL DEFAULT 1,
     idempotency_key  text,
+    consumed_by      text,
+    wake_at          timestamptz,
     epoch            bigint NOT NULL,
     started_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz,
-    PRIMARY KEY (job_id, seq),
-    UNIQUE (job_id, step_key)
+    PRIMARY KEY (job_id, step_key),
+    UNIQUE (job_id, seq)
 );
 CREATE INDEX ledger_tenant_status ON ledger (tenant_id, status);
+
+-- The fencing check every ledger transaction starts with. FOR SHARE makes a concurrent epoch
+-- bump (an UPDATE) wait for this transaction, so a write is either fenced or ordered before it.
+CREATE FUNCTION aetheris_fence(p integer, e bigint) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    current_epoch bigint;
+BEGIN
+    SELECT epoch INTO current_epoch FROM partition_leases WHERE partition = p FOR SHARE;
+    IF current_epoch IS DISTINCT FROM e THEN
+        RAISE EXCEPTION 'partition % is fenced: epoch % is stale (current %)', p, e, current_epoch
+            USING ERRCODE = 'AE001';
+    END IF;
+END $$;
 
 -- Latest compacted replay context per job.
 CREATE TABLE job_snapshots (

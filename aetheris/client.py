@@ -1,0 +1,226 @@
+"""Submitting jobs and talking to them: :class:`AsyncClient` and its blocking twin :class:`Client`.
+
+Commands go through Kafka (key = tenant id, so they land on the tenant's partition); status and
+results are read from Postgres, and ``result`` wakes on the worker's ``NOTIFY`` instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from pydantic import BaseModel
+
+from aetheris.config import Settings, load_settings
+from aetheris.endpoints import Endpoints, resolve
+from aetheris.errors import (
+    InfrastructureError,
+    JobCancelledError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+)
+from aetheris.kafka import messages as m
+from aetheris.kafka.clients import make_producer
+from aetheris.kafka.serde import AvroSerde
+from aetheris.kafka.topics import COMMANDS, topic_name
+from aetheris.registry import agent_name
+from aetheris.values import to_json_value
+
+T = TypeVar("T")
+
+
+class JobInfo(BaseModel):
+    """A job as the registry records it."""
+
+    job_id: str
+    tenant_id: str
+    agent: str
+    status: str
+    waiting_reason: str | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    pending_steps: list[str] = []
+    """Keys of the steps the job waits on (a confirmation, a signal, an in-doubt tool)."""
+
+
+_STATUS_SQL = """
+SELECT j.job_id, j.tenant_id, j.agent, j.status, j.waiting_reason, j.result, j.error,
+       j.created_at, j.updated_at, j.finished_at,
+       coalesce(array_agg(l.step_key ORDER BY l.seq) FILTER (WHERE l.step_key IS NOT NULL), '{}')
+  FROM jobs j
+  LEFT JOIN ledger l ON l.job_id = j.job_id AND l.seq IS NOT NULL
+                    AND l.status IN ('started', 'in_doubt') AND j.status = 'WAITING'
+ WHERE j.job_id = %s
+ GROUP BY j.job_id
+"""
+
+
+class AsyncClient:
+    """Submit jobs, await results, confirm, signal, cancel and resolve them."""
+
+    def __init__(self, settings: Settings | None = None, *, endpoints: Endpoints | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.endpoints = endpoints or resolve(self.settings)
+        self.serde = AvroSerde(registry_url=self.settings.schema_registry_url)
+        self.topic = topic_name(self.settings, COMMANDS)
+        self._producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 0})
+
+    async def submit(
+        self, agent: Callable[..., Any] | str, input: dict[str, Any] | BaseModel, tenant: str,
+        job_id: str | None = None, *, submitted_by: str | None = None,
+    ) -> str:
+        """Submit a job; return its id. A caller-provided ``job_id`` makes submission idempotent."""
+        job_id = job_id or uuid.uuid4().hex
+        body = m.SubmitJob(job_id=job_id, agent=agent_name(agent),
+                           input=json.dumps(to_json_value(input, "job input")),
+                           submitted_by=submitted_by)
+        await self._send(tenant, body)
+        return job_id
+
+    async def status(self, job_id: str) -> JobInfo:
+        """The job's current state; :class:`JobNotFoundError` if there is no such job."""
+        async with await psycopg.AsyncConnection.connect(self.endpoints.database_url) as conn:
+            info = await self._status(conn, job_id)
+        if info is None:
+            raise JobNotFoundError(f"no job {job_id}")
+        return info
+
+    async def result(self, job_id: str, timeout: float = 60.0) -> Any:
+        """Wait for the job to finish and return its result (raises if it failed or was cancelled)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with await psycopg.AsyncConnection.connect(
+            self.endpoints.database_url, autocommit=True
+        ) as conn:
+            await conn.execute("LISTEN aetheris_jobs")
+            while True:
+                info = await self._status(conn, job_id)
+                if info is not None and info.status in ("COMPLETED", "FAILED", "CANCELLED"):
+                    return _outcome(info)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s")
+                # Wake on the worker's NOTIFY for this job; re-check at least once a second.
+                async for notify in conn.notifies(timeout=min(remaining, 1.0)):
+                    if notify.payload == job_id:
+                        break
+
+    async def confirm(self, job_id: str, approved: bool = True, by: str = "client",
+                      comment: str | None = None, step_key: str | None = None) -> None:
+        """Answer the job's pending confirmation."""
+        await self._send(await self._tenant(job_id), m.ConfirmStep(
+            job_id=job_id, step_key=step_key, approved=approved, by=by, comment=comment))
+
+    async def signal(self, job_id: str, name: str, payload: Any = None) -> None:
+        """Deliver signal ``name`` to the job."""
+        body = m.SignalJob(job_id=job_id, name=name, payload=json.dumps(to_json_value(payload, "payload")))
+        await self._send(await self._tenant(job_id), body)
+
+    async def cancel(self, job_id: str, reason: str | None = None, by: str | None = None) -> None:
+        """Cancel the job, whatever state it is in."""
+        await self._send(await self._tenant(job_id), m.CancelJob(job_id=job_id, reason=reason, by=by))
+
+    async def resolve(self, job_id: str, step: str, action: str = "retry", result: Any = None,
+                      by: str | None = None) -> None:
+        """Resolve an in-doubt step: ``retry`` it, ``complete`` it with ``result``, or ``fail`` it."""
+        body = m.ResolveInDoubt(
+            job_id=job_id, step_key=step, action=m.InDoubtAction(action.upper()),
+            result=None if result is None else json.dumps(to_json_value(result, "result")), by=by)
+        await self._send(await self._tenant(job_id), body)
+
+    async def close(self) -> None:
+        """Flush pending commands."""
+        await asyncio.to_thread(self._producer.flush, 10)
+
+    async def _tenant(self, job_id: str) -> str:
+        return (await self.status(job_id)).tenant_id
+
+    async def _send(self, tenant: str, body: m.CommandBody) -> None:
+        value = self.serde.encode_command(m.Command(tenant_id=tenant, body=body))
+        self._producer.produce(self.topic, key=tenant.encode(), value=value)
+        if await asyncio.to_thread(self._producer.flush, 30):
+            raise InfrastructureError("the command could not be delivered to Kafka within 30s")
+
+    @staticmethod
+    async def _status(conn: psycopg.AsyncConnection, job_id: str) -> JobInfo | None:
+        cursor = await conn.execute(_STATUS_SQL, (job_id,))
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        names = list(JobInfo.model_fields)
+        return JobInfo.model_validate(dict(zip(names, row, strict=True)))
+
+
+def _outcome(info: JobInfo) -> Any:
+    if info.status == "COMPLETED":
+        return info.result
+    if info.status == "CANCELLED":
+        raise JobCancelledError(f"job {info.job_id} was cancelled")
+    error = info.error or {}
+    raise JobFailedError(info.job_id, str(error.get("type")), str(error.get("message")))
+
+
+class Client:
+    """The blocking twin of :class:`AsyncClient`: each method runs the async one on a private loop."""
+
+    def __init__(self, settings: Settings | None = None, *, endpoints: Endpoints | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="aetheris-client")
+        self._thread.start()
+        self._async = AsyncClient(settings, endpoints=endpoints)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def submit(self, agent: Callable[..., Any] | str, input: dict[str, Any] | BaseModel, tenant: str,
+               job_id: str | None = None, *, submitted_by: str | None = None) -> str:
+        """See :meth:`AsyncClient.submit`."""
+        return self._run(self._async.submit(agent, input, tenant, job_id, submitted_by=submitted_by))
+
+    def status(self, job_id: str) -> JobInfo:
+        """See :meth:`AsyncClient.status`."""
+        return self._run(self._async.status(job_id))
+
+    def result(self, job_id: str, timeout: float = 60.0) -> Any:
+        """See :meth:`AsyncClient.result`."""
+        return self._run(self._async.result(job_id, timeout))
+
+    def confirm(self, job_id: str, approved: bool = True, by: str = "client",
+                comment: str | None = None, step_key: str | None = None) -> None:
+        """See :meth:`AsyncClient.confirm`."""
+        self._run(self._async.confirm(job_id, approved, by, comment, step_key))
+
+    def signal(self, job_id: str, name: str, payload: Any = None) -> None:
+        """See :meth:`AsyncClient.signal`."""
+        self._run(self._async.signal(job_id, name, payload))
+
+    def cancel(self, job_id: str, reason: str | None = None, by: str | None = None) -> None:
+        """See :meth:`AsyncClient.cancel`."""
+        self._run(self._async.cancel(job_id, reason, by))
+
+    def resolve(self, job_id: str, step: str, action: str = "retry", result: Any = None,
+                by: str | None = None) -> None:
+        """See :meth:`AsyncClient.resolve`."""
+        self._run(self._async.resolve(job_id, step, action, result, by))
+
+    def close(self) -> None:
+        """Flush pending commands and stop the private loop."""
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,0 +1,193 @@
+"""The event outbox: hash-chained events written with the ledger, published after commit.
+
+Every fenced transaction appends its events to ``job_events`` (the authoritative history). Only
+after the commit does :class:`OutboxPublisher` produce them to ``aetheris.events.v1`` in seq
+order and mark them published, so nothing reaches Kafka that Postgres does not hold.
+
+``hash = sha256(prev_hash || canonical bytes)``, where the canonical bytes are the sorted-key,
+compact JSON of the envelope without the hashes; ``prev_hash`` is empty for seq 1. The evidence
+export recomputes the chain from the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from confluent_kafka import Producer
+from psycopg.types.json import Jsonb
+
+from aetheris.kafka.messages import EVENT_TYPES, AvroRecord, JobEvent
+from aetheris.kafka.serde import AvroSerde
+
+
+@dataclass
+class JobCursor:
+    """Where a job's event chain ends: the next event follows ``last_seq`` / ``last_hash``."""
+
+    job_id: str
+    tenant_id: str
+    partition: int
+    last_seq: int = 0
+    last_hash: bytes | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One row of ``job_events``."""
+
+    job_id: str
+    seq: int
+    tenant_id: str
+    partition: int
+    epoch: int
+    type: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+    prev_hash: bytes | None
+    hash: bytes
+
+    def to_envelope(self) -> JobEvent:
+        """The Avro envelope published to the events topic."""
+        return JobEvent(
+            tenant_id=self.tenant_id, job_id=self.job_id, seq=self.seq, epoch=self.epoch,
+            type=self.type, occurred_at=self.occurred_at,
+            payload=EVENT_TYPES[self.type].model_validate(self.payload),
+            prev_hash=self.prev_hash.hex() if self.prev_hash else None, hash=self.hash.hex(),
+        )
+
+
+def canonical_bytes(row: EventRow | dict[str, Any]) -> bytes:
+    """The bytes an event's hash covers (everything but the hashes and the partition)."""
+    fields = row if isinstance(row, dict) else row.__dict__
+    body = {
+        "tenant_id": fields["tenant_id"], "job_id": fields["job_id"], "seq": fields["seq"],
+        "epoch": fields["epoch"], "type": fields["type"],
+        "occurred_at": fields["occurred_at"].astimezone(UTC).isoformat(timespec="milliseconds"),
+        "payload": fields["payload"],
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(prev_hash: bytes | None, canonical: bytes) -> bytes:
+    """The hash of an event given its predecessor's."""
+    return hashlib.sha256((prev_hash or b"") + canonical).digest()
+
+
+def next_event(cursor: JobCursor, epoch: int, payload: AvroRecord, at: datetime | None = None) -> EventRow:
+    """Build the next event of the chain and advance ``cursor`` past it."""
+    moment = (at or datetime.now(UTC)).astimezone(UTC)
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    fields: dict[str, Any] = {
+        "job_id": cursor.job_id, "seq": cursor.last_seq + 1, "tenant_id": cursor.tenant_id,
+        "partition": cursor.partition, "epoch": epoch, "type": type(payload).__name__,
+        "occurred_at": moment, "payload": payload.model_dump(mode="json"),
+    }
+    digest = chain_hash(cursor.last_hash, canonical_bytes(fields))
+    row = EventRow(**fields, prev_hash=cursor.last_hash, hash=digest)
+    cursor.last_seq, cursor.last_hash = row.seq, digest
+    return row
+
+
+INSERT_EVENT = """
+INSERT INTO job_events (job_id, seq, tenant_id, partition, epoch, type, occurred_at, payload,
+                        prev_hash, hash)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+
+def event_params(row: EventRow) -> tuple[Any, ...]:
+    """Parameters of :data:`INSERT_EVENT`."""
+    return (row.job_id, row.seq, row.tenant_id, row.partition, row.epoch, row.type,
+            row.occurred_at, Jsonb(row.payload), row.prev_hash, row.hash)
+
+
+_SELECT = """
+SELECT job_id, seq, tenant_id, partition, epoch, type, occurred_at, payload, prev_hash, hash
+  FROM job_events
+"""
+
+
+def _row(values: tuple[Any, ...]) -> EventRow:
+    (job_id, seq, tenant_id, partition, epoch, type_, occurred_at, payload, prev, digest) = values
+    return EventRow(job_id, seq, tenant_id, partition, epoch, type_, occurred_at, payload,
+                    bytes(prev) if prev is not None else None, bytes(digest))
+
+
+def job_history(conn: psycopg.Connection, job_id: str) -> list[EventRow]:
+    """Every event of a job, in seq order."""
+    return [_row(r) for r in conn.execute(_SELECT + " WHERE job_id = %s ORDER BY seq", (job_id,))]
+
+
+def verify_chain(rows: Iterable[EventRow]) -> None:
+    """Raise ValueError unless the rows form one gap-free chain from seq 1 with valid hashes."""
+    prev: bytes | None = None
+    for expected_seq, row in enumerate(rows, start=1):
+        if row.seq != expected_seq:
+            raise ValueError(f"{row.job_id}: expected seq {expected_seq}, found {row.seq}")
+        if row.prev_hash != prev or chain_hash(prev, canonical_bytes(row)) != row.hash:
+            raise ValueError(f"{row.job_id}: hash chain broken at seq {row.seq}")
+        prev = row.hash
+
+
+class OutboxPublisher:
+    """Publishes committed events in order and records how far it got."""
+
+    def __init__(self, pool: Any, producer: Producer, serde: AvroSerde, topic: str) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.serde = serde
+        self.topic = topic
+        self._pending: list[EventRow] = []
+        self._wakeup = asyncio.Event()
+
+    def publish(self, rows: Iterable[EventRow]) -> None:
+        """Queue committed rows (the caller guarantees per-job seq order)."""
+        for row in rows:
+            self.producer.produce(
+                self.topic, key=row.tenant_id.encode(),
+                value=self.serde.encode_event(row.to_envelope()), partition=row.partition,
+            )
+            self._pending.append(row)
+        self.producer.poll(0)
+        self._wakeup.set()
+
+    async def publish_unpublished(self, partition: int) -> int:
+        """Publish whatever an earlier owner committed but did not publish (on adoption)."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                _SELECT + " WHERE partition = %s AND published_at IS NULL ORDER BY job_id, seq",
+                (partition,),
+            )
+            rows = [_row(r) for r in await cursor.fetchall()]
+        self.publish(rows)
+        return len(rows)
+
+    async def run(self) -> None:
+        """Flush the producer and mark delivered rows published, until cancelled."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait for delivery of everything queued so far and mark it published."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        remaining = await asyncio.to_thread(self.producer.flush, 30)
+        if remaining:
+            self._pending[:0] = batch  # the next flush retries; consumers dedupe by (job_id, seq)
+            return
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE job_events SET published_at = now() WHERE (job_id, seq) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::bigint[])) AND published_at IS NULL",
+                ([r.job_id for r in batch], [r.seq for r in batch]),
+            )

@@ -1,0 +1,68 @@
+"""A job as the worker that owns its partition holds it in memory."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aetheris.ledger import StepRecord
+from aetheris.outbox import JobCursor
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+@dataclass
+class JobHandle:
+    """The owner's view of one job: its chain position, recorded steps and running task.
+
+    Every write for the job happens under ``lock``, so its events stay in seq order whether
+    they come from the running agent or from a command (confirm, signal, cancel).
+    """
+
+    job_id: str
+    tenant_id: str
+    agent: str
+    partition: int
+    input: dict[str, Any]
+    status: str
+    created_at: datetime
+    cursor: JobCursor
+    waiting_reason: str | None = None
+    steps: dict[int, StepRecord] = field(default_factory=dict)
+    inbox: dict[str, StepRecord] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+    cancelled: bool = False
+    rerun: bool = False
+    runs: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def add_step(self, step: StepRecord) -> None:
+        """Index a ledger row: steps by call order, inbox rows by key."""
+        if step.seq is None:
+            self.inbox[step.step_key] = step
+        else:
+            self.steps[step.seq] = step
+
+    def steps_by_key(self) -> dict[str, StepRecord]:
+        return {step.step_key: step for step in self.steps.values()}
+
+    def pending_step(self, kind: str) -> StepRecord | None:
+        """The step of ``kind`` the job is parked on, if any."""
+        for step in self.steps.values():
+            if step.kind == kind and step.status == "started":
+                return step
+        return None
+
+    def applied_commands(self) -> set[str]:
+        """Command ids already applied to this job (confirmations and signals)."""
+        ids = set()
+        for step in (*self.steps.values(), *self.inbox.values()):
+            if isinstance(step.result, dict) and "command_id" in step.result:
+                ids.add(str(step.result["command_id"]))
+        return ids

@@ -1,0 +1,92 @@
+"""Running a job: call the agent through a :class:`JobContext` and record how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from aetheris.errors import FencedError, JobCancelled, JobParked, NonDeterminismError
+from aetheris.kafka import messages as m
+from aetheris.ledger import FencedTransaction, canonical_json
+from aetheris.registry import lookup_agent
+from aetheris.values import to_json_value
+from aetheris.worker.context import JobContext, JobEvicted, error_record
+from aetheris.worker.handle import JobHandle
+from aetheris.worker.runtime import Runtime
+
+log = structlog.get_logger("aetheris.worker")
+
+
+async def run_job(runtime: Runtime, handle: JobHandle) -> None:
+    """Run (or resume by replay) the agent until it finishes, parks, or the job is taken away."""
+    handle.runs += 1
+    ctx = JobContext(runtime, handle)
+    try:
+        if handle.status in ("SUBMITTED", "RUNNING"):
+            await _start(runtime, handle)
+        definition = lookup_agent(handle.agent)
+        value = await definition.fn(ctx, **handle.input)
+        result = to_json_value(value, f"{handle.agent} result")
+    except JobParked as parked:
+        log.debug("job parked", job_id=handle.job_id, reason=parked.reason)
+        return
+    except (JobCancelled, JobEvicted, asyncio.CancelledError):
+        return
+    except FencedError as exc:
+        log.warning("partition fenced; dropping it", job_id=handle.job_id, error=str(exc))
+        runtime.lose(handle.partition)
+        return
+    except NonDeterminismError as exc:
+        detected = m.NonDeterminismDetected(step_key=exc.actual, expected=exc.expected,
+                                            actual=exc.actual, message=str(exc))
+        await _fail(runtime, handle, exc, before=[detected])
+        return
+    except Exception as exc:
+        await _fail(runtime, handle, exc)
+        return
+    await _finish(runtime, handle, "COMPLETED", m.JobCompleted(result=canonical_json(result)),
+                  result=result)
+
+
+async def _start(runtime: Runtime, handle: JobHandle) -> None:
+    resumed = handle.status == "RUNNING"
+
+    def start(tx: FencedTransaction) -> None:
+        tx.event(handle.cursor, m.JobStarted(worker_id=runtime.worker_id, resumed=resumed))
+        tx.update_job(handle.cursor, status="RUNNING")
+
+    handle.status = "RUNNING"
+    await runtime.commit(handle, start)
+
+
+async def _fail(
+    runtime: Runtime, handle: JobHandle, exc: Exception, before: list[Any] | None = None
+) -> None:
+    error = error_record(exc, final=True)
+    payload = m.JobFailed(error_type=error["type"], error_message=error["message"],
+                          traceback="".join(traceback.format_exception(exc))[-4000:])
+    try:
+        await _finish(runtime, handle, "FAILED", payload, error=error, before=before)
+    except (FencedError, JobCancelled):
+        return
+
+
+async def _finish(
+    runtime: Runtime, handle: JobHandle, status: str, payload: Any, *,
+    result: Any = None, error: dict[str, Any] | None = None, before: list[Any] | None = None,
+) -> None:
+    def finish(tx: FencedTransaction) -> None:
+        for event in before or []:
+            tx.event(handle.cursor, event)
+        tx.event(handle.cursor, payload)
+        tx.update_job(handle.cursor, status=status, waiting_reason=None, wake_at=None,
+                      result=result, error=error, finished_at=datetime.now(UTC))
+        tx.notify.append(handle.job_id)
+
+    await runtime.commit(handle, finish)
+    handle.status = status
+    runtime.jobs.pop(handle.job_id, None)

@@ -1,0 +1,310 @@
+"""The worker process: consumes commands under consumer-group ownership and runs jobs.
+
+Partition = shard = fencing scope. On assignment the worker bumps each partition's epoch,
+publishes what an earlier owner left unpublished, and adopts the partition's open jobs. Offsets
+are committed only after a batch's effects are durable in Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from psycopg_pool import AsyncConnectionPool
+
+from aetheris import leases
+from aetheris.config import Settings
+from aetheris.endpoints import Endpoints, resolve
+from aetheris.errors import FencedError, SerdeError
+from aetheris.kafka import messages as m
+from aetheris.kafka.clients import make_consumer, make_producer
+from aetheris.kafka.serde import AvroSerde
+from aetheris.kafka.topics import COMMANDS, DEAD_LETTER, EVENTS, topic_name
+from aetheris.ledger import FencedTransaction
+from aetheris.llm import LlmProvider
+from aetheris.observability import ACTIVE_JOBS, DEAD_LETTERS, OWNED_PARTITIONS
+from aetheris.observability import COMMANDS as COMMANDS_METRIC
+from aetheris.outbox import OutboxPublisher
+from aetheris.worker.commands import CommandProcessor
+from aetheris.worker.handle import JobHandle
+from aetheris.worker.loading import load_open_jobs
+from aetheris.worker.runner import run_job
+from aetheris.worker.runtime import Runtime
+
+log = structlog.get_logger("aetheris.worker")
+
+GROUP = "aetheris-workers"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs."""
+
+    concurrency: int = 200
+    """Jobs running at once (parked jobs do not count)."""
+    instance_id: str | None = None
+    """Static group membership: a restarted worker with the same id gets its partitions back
+    at once instead of after a session timeout."""
+    shutdown_timeout_s: float = 30.0
+    """On SIGTERM, how long in-flight steps may take to finish."""
+    heartbeat_s: float = 2.0
+    batch_size: int = 500
+
+
+class Worker:
+    """One worker process. ``await Worker(settings).run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, options: WorkerOptions | None = None, *,
+                 llm: LlmProvider | None = None, endpoints: Endpoints | None = None) -> None:
+        self.settings = settings
+        self.options = options or WorkerOptions()
+        self.endpoints = endpoints or resolve(settings)
+        self.worker_id = self.options.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.llm = llm
+        self.serde = AvroSerde(registry_url=settings.schema_registry_url)
+        self.commands_topic = topic_name(settings, COMMANDS)
+        self.dead_letter_topic = topic_name(settings, DEAD_LETTER)
+        self._slots = asyncio.Semaphore(self.options.concurrency)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.runtime: Runtime | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume and run jobs until ``stop`` is set, then shut down gracefully."""
+        self._loop = asyncio.get_running_loop()
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self.endpoints.database_url, min_size=2, max_size=16, open=False,
+            check=AsyncConnectionPool.check_connection)
+        await pool.open(wait=True, timeout=30)
+        producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 1})
+        publisher = OutboxPublisher(pool, producer, self.serde, topic_name(self.settings, EVENTS))
+        runtime = Runtime(self.worker_id, pool, publisher, self.llm)
+        self.runtime = runtime
+        self.processor = CommandProcessor(runtime, self.schedule, self._reject)
+        self.producer = producer
+        consumer = self._consumer()
+        background = [asyncio.create_task(publisher.run()), asyncio.create_task(self._heartbeat())]
+        log.info("worker started", worker_id=self.worker_id, topic=self.commands_topic)
+        try:
+            await self._consume(consumer, stop)
+        finally:
+            await self._shutdown(consumer, background)
+            await pool.close()
+
+    # -- Kafka ------------------------------------------------------------------------------
+
+    def _consumer(self) -> Consumer:
+        overrides: dict[str, Any] = dict(self.endpoints.profile.consumer_overrides())
+        if self.settings.session_timeout_ms is not None:
+            overrides["session.timeout.ms"] = self.settings.session_timeout_ms
+        if self.options.instance_id:
+            overrides["group.instance.id"] = self.options.instance_id
+        consumer = make_consumer(self.endpoints.bootstrap, self.settings.topic_prefix + GROUP, **overrides)
+        consumer.subscribe([self.commands_topic], on_assign=self._on_assign,
+                           on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        return consumer
+
+    def _blocking(self, coro: Any) -> Any:
+        """Run a coroutine on the worker's loop from librdkafka's callback thread and wait."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._blocking(self._adopt([tp.partition for tp in partitions]))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._blocking(self._release([tp.partition for tp in partitions]))
+
+    async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batch = await asyncio.to_thread(consumer.consume, self.options.batch_size, 0.05)
+            if batch:
+                committed = await self._process(batch, consumer)
+                if committed:
+                    await asyncio.to_thread(consumer.commit, offsets=committed, asynchronous=True)
+
+    async def _process(self, batch: list[Message], consumer: Consumer) -> list[TopicPartition]:
+        """Apply a batch; return the offsets that are safe to commit."""
+        assert self.runtime is not None
+        by_partition: dict[int, list[tuple[int, m.Command | None]]] = defaultdict(list)
+        for message in batch:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", error=str(error))
+                continue
+            partition, offset = message.partition() or 0, message.offset() or 0
+            by_partition[partition].append((offset, self._decode(message)))
+        offsets = []
+        for partition, items in by_partition.items():
+            if partition not in self.runtime.epochs:
+                continue
+            try:
+                await self._apply(partition, [c for _, c in items if c is not None])
+            except FencedError:
+                self.runtime.lose(partition)
+                continue
+            except Exception as exc:
+                # Postgres unreachable or similar: rewind and try the records again later.
+                log.warning("command batch failed; retrying", partition=partition, error=str(exc))
+                rewind = TopicPartition(self.commands_topic, partition, items[0][0])
+                await asyncio.to_thread(consumer.seek, rewind)
+                await asyncio.sleep(1)
+                continue
+            offsets.append(TopicPartition(self.commands_topic, partition, items[-1][0] + 1))
+        return offsets
+
+    def _decode(self, message: Message) -> m.Command | None:
+        origin = f"{message.topic()}/{message.partition()}/{message.offset()}"
+        try:
+            command = self.serde.decode_command(message.value() or b"")
+        except SerdeError as exc:
+            self._dead_letter(message.key(), message.value(), str(exc), "SerdeError", origin)
+            return None
+        key = (message.key() or b"").decode(errors="replace")
+        if key != command.tenant_id:
+            self._dead_letter(message.key(), message.value(),
+                              "record key does not match the command's tenant_id", "TenantMismatch", origin)
+            return None
+        return command
+
+    async def _apply(self, partition: int, commands: list[m.Command]) -> None:
+        submits = [c for c in commands if isinstance(c.body, m.SubmitJob)]
+        if submits:
+            await self.processor.submit(partition, submits)
+        for command in commands:
+            if not isinstance(command.body, m.SubmitJob):
+                await self.processor.apply(command)
+            COMMANDS_METRIC.labels(type(command.body).__name__, "applied").inc()
+
+    def _reject(self, command: m.Command, reason: str) -> None:
+        self._dead_letter(command.tenant_id.encode(), self.serde.encode_command(command), reason,
+                          "Rejected", None)
+
+    def _dead_letter(self, key: bytes | None, value: bytes | None, reason: str, kind: str,
+                     origin: str | None) -> None:
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("aetheris.reason", reason.encode()), ("aetheris.error", kind.encode())]
+        if origin is not None:
+            headers.append(("aetheris.source", origin.encode()))
+        self.producer.produce(self.dead_letter_topic, key=key, value=value, headers=headers)
+        self.producer.poll(0)
+        DEAD_LETTERS.labels(kind).inc()
+        COMMANDS_METRIC.labels("unknown", "dead_letter").inc()
+        log.warning("dead-lettered", reason=reason, kind=kind)
+
+    # -- ownership ------------------------------------------------------------------------------
+
+    async def _adopt(self, partitions: list[int]) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        for partition in partitions:
+            async with runtime.pool.connection() as conn:
+                epoch = await leases.claim(conn, partition, self.worker_id)
+                runtime.epochs[partition] = epoch
+                handles = await load_open_jobs(conn, partition)
+            await runtime.publisher.publish_unpublished(partition)
+            if handles:
+                await self._claim_jobs(partition, epoch, handles)
+            log.info("partition adopted", partition=partition, epoch=epoch, jobs=len(handles))
+        OWNED_PARTITIONS.set(len(runtime.epochs))
+
+    async def _claim_jobs(self, partition: int, epoch: int, handles: list[JobHandle]) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        tx = FencedTransaction(partition, epoch)
+        for handle in handles:
+            tx.event(handle.cursor, m.OwnershipClaimed(partition=partition, epoch=epoch,
+                                                       worker_id=self.worker_id))
+            tx.update_job(handle.cursor)
+        runtime.publisher.publish(await tx.commit(runtime.pool))
+        for handle in handles:
+            runtime.jobs[handle.job_id] = handle
+            self.schedule(handle)  # parked jobs replay up to their wait and park again
+
+    async def _release(self, partitions: list[int]) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        given_up = {p: runtime.epochs[p] for p in partitions if p in runtime.epochs}
+        for partition in partitions:
+            runtime.lose(partition)
+        await runtime.publisher.flush()
+        try:
+            async with runtime.pool.connection() as conn:
+                await leases.release(conn, self.worker_id, given_up)
+        except Exception as exc:  # the next owner bumps the epoch anyway
+            log.warning("lease release failed", error=str(exc))
+        OWNED_PARTITIONS.set(len(runtime.epochs))
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def schedule(self, handle: JobHandle) -> None:
+        """Run the job now, or once more after its current run if it is running."""
+        if handle.terminal or handle.cancelled:
+            return
+        if handle.task is not None and not handle.task.done():
+            handle.rerun = True
+            return
+        handle.task = asyncio.create_task(self._drive(handle))
+        ACTIVE_JOBS.set(len(self.runtime.jobs) if self.runtime else 0)
+
+    async def _drive(self, handle: JobHandle) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        async with self._slots:
+            while True:
+                handle.rerun = False
+                await run_job(runtime, handle)
+                if not handle.rerun or handle.terminal or handle.cancelled or runtime.draining:
+                    break
+        self._arm_wakeup(handle)
+
+    def _arm_wakeup(self, handle: JobHandle) -> None:
+        runtime = self.runtime
+        assert runtime is not None and self._loop is not None
+        if handle.terminal or handle.job_id not in runtime.jobs:
+            return
+        due = [s.wake_at for s in handle.steps.values() if s.status == "started" and s.wake_at]
+        if not due:
+            return
+        delay = max(0.0, (min(due) - datetime.now(UTC)).total_seconds())
+        previous = runtime.wakeups.pop(handle.job_id, None)
+        if previous is not None:
+            previous.cancel()
+        runtime.wakeups[handle.job_id] = self._loop.call_later(delay, self.schedule, handle)
+
+    # -- liveness and shutdown ----------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        while True:
+            await asyncio.sleep(self.options.heartbeat_s)
+            try:
+                async with runtime.pool.connection() as conn:
+                    await leases.heartbeat(conn, self.worker_id, dict(runtime.epochs))
+            except Exception as exc:
+                log.warning("heartbeat failed", error=str(exc))
+
+    async def _shutdown(self, consumer: Consumer, background: list[asyncio.Task[None]]) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        runtime.draining = True
+        running = [h.task for h in runtime.jobs.values() if h.task is not None and not h.task.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.options.shutdown_timeout_s)
+            for task in late:
+                task.cancel()
+        await runtime.publisher.flush()
+        await asyncio.to_thread(consumer.close)  # revokes (releasing leases) and leaves the group
+        for task in background:
+            task.cancel()
+        await asyncio.to_thread(self.producer.flush, 10)
+        log.info("worker stopped", worker_id=self.worker_id)
+

@@ -1,0 +1,147 @@
+"""Agents and tools the worker tests run in real worker processes (``--agents tests.agents``).
+
+Every tool execution inserts one row into ``side_effects`` of the database named by
+AETHERIS_TEST_EFFECTS_URL, so tests count executions exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psycopg
+
+from aetheris import Context, RetryableError, RetryPolicy, TerminalError, agent, idempotency_key, tool
+
+EFFECTS_TABLE = """
+CREATE TABLE IF NOT EXISTS side_effects (
+    id serial PRIMARY KEY, job_id text NOT NULL, name text NOT NULL, idem_key text,
+    at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def _record(job_id: str, name: str) -> int:
+    with psycopg.connect(os.environ["AETHERIS_TEST_EFFECTS_URL"], autocommit=True) as conn:
+        conn.execute("INSERT INTO side_effects (job_id, name, idem_key) VALUES (%s, %s, %s)",
+                      (job_id, name, idempotency_key()))
+        row = conn.execute("SELECT count(*) FROM side_effects WHERE job_id = %s AND name = %s",
+                           (job_id, name)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _hold(job_id: str) -> None:
+    """Lets a test catch a tool mid-flight: hold while the file AETHERIS_TEST_HOLD names exists."""
+    marker = os.environ.get("AETHERIS_TEST_HOLD")
+    deadline = time.monotonic() + 60
+    while marker and os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@tool
+def effect(job_id: str, name: str) -> dict[str, int]:
+    """A non-idempotent side effect."""
+    _hold(job_id)
+    return {"executions": _record(job_id, name)}
+
+
+@tool(idempotent=True)
+def idempotent_effect(job_id: str, name: str) -> dict[str, int]:
+    """The same, declared idempotent."""
+    _hold(job_id)
+    return {"executions": _record(job_id, name)}
+
+
+def _die_after(job_id: str, name: str) -> dict[str, int]:
+    count = _record(job_id, name)
+    if os.environ.get("AETHERIS_TEST_DIE_IN_TOOL") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"executions": count}
+
+
+@tool
+def effect_then_die(job_id: str, name: str) -> dict[str, int]:
+    """Performs the effect, then SIGKILLs the worker before the result can be committed."""
+    return _die_after(job_id, name)
+
+
+@tool(idempotent=True)
+def idempotent_effect_then_die(job_id: str, name: str) -> dict[str, int]:
+    """Idempotent variant of :func:`effect_then_die`."""
+    return _die_after(job_id, name)
+
+
+_flaky_attempts: dict[str, int] = {}
+
+
+@tool(retry=RetryPolicy(max_attempts=3, backoff_s=0.05))
+def flaky(job_id: str, fail_times: int) -> str:
+    """Fails ``fail_times`` times (retryably), then succeeds."""
+    _record(job_id, "flaky")
+    _flaky_attempts[job_id] = _flaky_attempts.get(job_id, 0) + 1
+    if _flaky_attempts[job_id] <= fail_times:
+        raise RetryableError(f"attempt {_flaky_attempts[job_id]} failed", retry_after=0.01)
+    return "ok"
+
+
+@tool
+def refuse(job_id: str) -> str:
+    """Always fails terminally."""
+    _record(job_id, "refuse")
+    raise TerminalError("card declined")
+
+
+@agent(name="steps")
+async def steps(
+    ctx: Context, count: int = 3, idempotent: bool = False, tool_name: str = ""
+) -> list[dict[str, int]]:
+    """``count`` sequential side effects."""
+    chosen = {"effect": effect, "idempotent_effect": idempotent_effect,
+              "effect_then_die": effect_then_die,
+              "idempotent_effect_then_die": idempotent_effect_then_die}
+    fn = chosen.get(tool_name) or (idempotent_effect if idempotent else effect)
+    return [await ctx.tool(fn, job_id=ctx.job_id, name=f"step-{i}") for i in range(count)]
+
+
+@agent(name="retries")
+async def retries(ctx: Context, fail_times: int) -> str:
+    """A flaky tool; fails the job once retries are exhausted."""
+    return await ctx.tool(flaky, job_id=ctx.job_id, fail_times=fail_times)
+
+
+@agent(name="declined")
+async def declined(ctx: Context) -> str:
+    """Catches the terminal error the way a user would."""
+    try:
+        return await ctx.tool(refuse, job_id=ctx.job_id)
+    except TerminalError as exc:
+        return f"handled: {exc}"
+
+
+@agent(name="approval")
+async def approval(ctx: Context, amount: int) -> dict[str, object]:
+    """Confirmation between two effects."""
+    await ctx.tool(effect, job_id=ctx.job_id, name="before")
+    decision = await ctx.confirm(f"pay {amount}?", data={"amount": amount})
+    if not decision.approved:
+        return {"status": "declined", "by": decision.by}
+    await ctx.tool(effect, job_id=ctx.job_id, name="after")
+    return {"status": "paid", "by": decision.by}
+
+
+@agent(name="sleeper")
+async def sleeper(ctx: Context, seconds: float) -> str:
+    """A durable timer between two effects."""
+    await ctx.tool(effect, job_id=ctx.job_id, name="before")
+    await ctx.sleep(seconds)
+    await ctx.tool(effect, job_id=ctx.job_id, name="after")
+    return "woke"
+
+
+@agent(name="waiter")
+async def waiter(ctx: Context, timeout_s: float | None = None) -> object:
+    """Waits for signal ``go``."""
+    received = await ctx.wait_for_signal("go", timeout_s=timeout_s)
+    return None if received is None else received.payload

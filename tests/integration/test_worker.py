@@ -1,0 +1,134 @@
+"""The durable core end to end: real worker processes, real broker, real Postgres."""
+
+from __future__ import annotations
+
+import pytest
+
+from aetheris import Client, JobFailedError
+from aetheris.outbox import job_history, verify_chain
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def is_waiting(client: Client, job_id: str) -> bool:
+    from aetheris import JobNotFoundError
+
+    try:
+        return client.status(job_id).status == "WAITING"
+    except JobNotFoundError:
+        return False
+
+
+def history_types(stack: Stack, job_id: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(stack.database_url) as conn:
+        rows = job_history(conn, job_id)
+    verify_chain(rows)
+    return [row.type for row in rows]
+
+
+def test_happy_path_records_a_verifiable_history(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("steps", {"count": 3}, tenant="acme")
+        result = client.result(job_id, timeout=60)
+    assert result == [{"executions": 1}, {"executions": 1}, {"executions": 1}]
+    assert stack.effects(job_id) == 3
+    assert history_types(stack, job_id) == [
+        "JobSubmitted", "JobAccepted", "JobStarted",
+        "ToolStarted", "ToolCompleted", "ToolStarted", "ToolCompleted", "ToolStarted", "ToolCompleted",
+        "JobCompleted",
+    ]
+
+
+def test_retries_then_fails_with_the_recorded_error(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        recovered = client.submit("retries", {"fail_times": 2}, tenant="acme")
+        exhausted = client.submit("retries", {"fail_times": 5}, tenant="acme")
+        assert client.result(recovered, timeout=60) == "ok"
+        with pytest.raises(JobFailedError) as info:
+            client.result(exhausted, timeout=60)
+    assert info.value.error_type == "aetheris.errors.RetryableError"
+    assert stack.effects(recovered) == 3
+    assert stack.effects(exhausted) == 3
+
+
+def test_terminal_error_can_be_caught_by_the_agent(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("declined", {}, tenant="acme")
+        assert client.result(job_id, timeout=60) == "handled: card declined"
+    assert stack.effects(job_id) == 1
+
+
+def test_unknown_agent_is_rejected(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("no-such-agent", {}, tenant="acme")
+        with pytest.raises(JobFailedError) as info:
+            client.result(job_id, timeout=60)
+    assert info.value.error_type == "aetheris.errors.UnknownAgentError"
+    assert history_types(stack, job_id) == ["JobSubmitted", "JobRejected"]
+
+
+def test_submission_with_a_job_id_is_idempotent(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        first = client.submit("steps", {"count": 2}, tenant="acme", job_id="order-42")
+        second = client.submit("steps", {"count": 2}, tenant="acme", job_id="order-42")
+        assert first == second == "order-42"
+        client.result("order-42", timeout=60)
+    assert stack.effects("order-42") == 2
+    assert stack.query("SELECT count(*) FROM jobs WHERE job_id = 'order-42'") == [(1,)]
+
+
+def test_confirmation_resumes_and_a_duplicate_changes_nothing(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("approval", {"amount": 10}, tenant="acme")
+        stack.wait(lambda: is_waiting(client, job_id), 30, "never waited")
+        assert client.status(job_id).waiting_reason == "CONFIRMATION"
+        client.confirm(job_id, approved=True, by="alice")
+        assert client.result(job_id, timeout=60) == {"status": "paid", "by": "alice"}
+        client.confirm(job_id, approved=False, by="mallory")
+        client.result(job_id, timeout=5)
+    assert stack.effects(job_id) == 2
+    assert history_types(stack, job_id).count("ConfirmationReceived") == 1
+
+
+def test_signal_and_signal_timeout(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        waiting = client.submit("waiter", {}, tenant="acme")
+        timing_out = client.submit("waiter", {"timeout_s": 1}, tenant="acme")
+        stack.wait(lambda: is_waiting(client, waiting), 30, "never waited")
+        client.signal(waiting, "go", {"n": 1})
+        assert client.result(waiting, timeout=60) == {"n": 1}
+        assert client.result(timing_out, timeout=60) is None
+
+
+def test_cancel_a_waiting_job(stack: Stack) -> None:
+    from aetheris import JobCancelledError
+
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("approval", {"amount": 5}, tenant="acme")
+        stack.wait(lambda: is_waiting(client, job_id), 30, "never waited")
+        client.cancel(job_id, reason="changed my mind")
+        with pytest.raises(JobCancelledError):
+            client.result(job_id, timeout=60)
+    assert stack.effects(job_id) == 1
+    assert history_types(stack, job_id)[-1] == "JobCancelled"
+
+
+def test_durable_timer(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("sleeper", {"seconds": 1}, tenant="acme")
+        assert client.result(job_id, timeout=60) == "woke"
+    types = history_types(stack, job_id)
+    assert types.count("TimerSet") == 1 and types.count("TimerFired") == 1
+    assert stack.effects(job_id) == 2
