@@ -77,6 +77,7 @@ class FencedTransaction:
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
     _saved: dict[int, tuple[JobCursor, int, bytes | None]] = field(default_factory=dict)
+    _jobs: dict[str, tuple[JobCursor, dict[str, Any]]] = field(default_factory=dict)
     notify: list[str] = field(default_factory=list)
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
@@ -85,6 +86,7 @@ class FencedTransaction:
     def event(self, cursor: JobCursor, payload: AvroRecord, at: datetime | None = None) -> EventRow:
         """Append the job's next event; ``cursor`` rolls back if the transaction fails."""
         self._saved.setdefault(id(cursor), (cursor, cursor.last_seq, cursor.last_hash))
+        self._jobs.setdefault(cursor.job_id, (cursor, {}))
         row = next_event(cursor, self.epoch, payload, at)
         self.events.append(row)
         self.execute(INSERT_EVENT, event_params(row))
@@ -117,19 +119,26 @@ class FencedTransaction:
         )
 
     def update_job(self, cursor: JobCursor, **columns: Any) -> None:
-        """Set job columns and the chain position (``last_seq``/``last_hash``)."""
-        values = {**columns, "last_seq": cursor.last_seq, "last_hash": cursor.last_hash}
-        assignments = ", ".join(f"{name} = %s" for name in values)
-        params = tuple(Jsonb(v) if name in ("result", "error") else v for name, v in values.items())
-        self.execute(f"UPDATE jobs SET {assignments}, updated_at = now() WHERE job_id = %s",
-                     (*params, cursor.job_id))
+        """Set job columns; written at commit together with the chain position."""
+        self._jobs.setdefault(cursor.job_id, (cursor, {}))[1].update(columns)
+
+    def _job_updates(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """One UPDATE per touched job, carrying ``last_seq``/``last_hash`` of its chain."""
+        updates = []
+        for cursor, columns in self._jobs.values():
+            values = {**columns, "last_seq": cursor.last_seq, "last_hash": cursor.last_hash}
+            assignments = ", ".join(f"{name} = %s" for name in values)
+            params = tuple(Jsonb(v) if name in ("result", "error") else v for name, v in values.items())
+            updates.append((f"UPDATE jobs SET {assignments}, updated_at = now() WHERE job_id = %s",
+                            (*params, cursor.job_id)))
+        return updates
 
     async def commit(self, pool: AsyncConnectionPool[Any]) -> list[EventRow]:
         """One round trip: fence, statements, notifications, commit. Raises FencedError."""
         try:
             async with pool.connection() as conn, conn.pipeline(), conn.transaction():
                 await conn.execute("SELECT aetheris_fence(%s, %s)", (self.partition, self.epoch))
-                for sql, params in self.statements:
+                for sql, params in (*self.statements, *self._job_updates()):
                     await conn.execute(sql, params)
                 for job_id in self.notify:
                     await conn.execute("SELECT pg_notify('aetheris_jobs', %s)", (job_id,))

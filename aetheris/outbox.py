@@ -145,6 +145,7 @@ class OutboxPublisher:
         self.serde = serde
         self.topic = topic
         self._pending: list[EventRow] = []
+        self._unmarked: list[EventRow] = []
         self._wakeup = asyncio.Event()
 
     def publish(self, rows: Iterable[EventRow]) -> None:
@@ -174,20 +175,32 @@ class OutboxPublisher:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except psycopg.Error:
+                # Delivered but not marked: marked on the next flush (or re-published on
+                # adoption, which consumers dedupe by (job_id, seq)).
+                await asyncio.sleep(1)
+                self._wakeup.set()
 
     async def flush(self) -> None:
         """Wait for delivery of everything queued so far and mark it published."""
         batch, self._pending = self._pending, []
-        if not batch:
+        if batch:
+            if await asyncio.to_thread(self.producer.flush, 30):
+                self._pending[:0] = batch  # retried on the next flush
+                return
+            self._unmarked.extend(batch)
+        marked, self._unmarked = self._unmarked, []
+        if not marked:
             return
-        remaining = await asyncio.to_thread(self.producer.flush, 30)
-        if remaining:
-            self._pending[:0] = batch  # the next flush retries; consumers dedupe by (job_id, seq)
-            return
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE job_events SET published_at = now() WHERE (job_id, seq) IN "
-                "(SELECT * FROM unnest(%s::text[], %s::bigint[])) AND published_at IS NULL",
-                ([r.job_id for r in batch], [r.seq for r in batch]),
-            )
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE job_events SET published_at = now() WHERE (job_id, seq) IN "
+                    "(SELECT * FROM unnest(%s::text[], %s::bigint[])) AND published_at IS NULL",
+                    ([r.job_id for r in marked], [r.seq for r in marked]),
+                )
+        except BaseException:
+            self._unmarked[:0] = marked
+            raise

@@ -145,3 +145,12 @@ async def waiter(ctx: Context, timeout_s: float | None = None) -> object:
     """Waits for signal ``go``."""
     received = await ctx.wait_for_signal("go", timeout_s=timeout_s)
     return None if received is None else received.payload
+
+
+@agent(name="evolving")
+async def evolving(ctx: Context) -> str:
+    """Its first step depends on AETHERIS_TEST_VARIANT: changing it is a code change."""
+    variant = os.environ.get("AETHERIS_TEST_VARIANT", "v1")
+    await ctx.tool(effect, job_id=ctx.job_id, name="first" if variant == "v1" else "renamed")
+    await ctx.confirm("continue?")
+    return variant

@@ -117,8 +117,10 @@ class JobContext(Context):
         recorded = self._job.steps.get(self._position)
         if recorded is not None and recorded.step_key != key:
             raise NonDeterminismError(
-                f"step {self._position}: replay asked for {key!r} but the ledger recorded "
-                f"{recorded.step_key!r}", expected=recorded.step_key, actual=key,
+                f"step {self._position}: the ledger recorded "
+                f"{_describe(recorded.kind, recorded.name, recorded.args)} but the agent now asks "
+                f"for {_describe(kind, name, args)}",
+                expected=recorded.step_key, actual=key,
             )
         return self._position, key, recorded
 
@@ -437,6 +439,10 @@ async def _with_timeout(call: Awaitable[Any], timeout_s: float | None, name: str
         return await asyncio.wait_for(call, timeout_s)
     except TimeoutError:
         raise StepTimeoutError(f"{name} timed out after {timeout_s}s") from None
+
+
+def _describe(kind: str, name: str, args: Any) -> str:
+    return f"{kind} {name}({_dumps(args)[:200]})"
 
 
 def _dumps(value: Any) -> str:

@@ -36,6 +36,8 @@ class JobHandle:
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
     rerun: bool = False
+    stale: bool = False
+    """A write failed with an unknown outcome: reload from Postgres before running again."""
     runs: int = 0
 
     @property

@@ -34,6 +34,17 @@ async def load_open_jobs(conn: psycopg.AsyncConnection, partition: int) -> list[
     return [await _handle(conn, row) for row in await cursor.fetchall()]
 
 
+async def reload(conn: psycopg.AsyncConnection, handle: JobHandle) -> None:
+    """Refresh a handle from Postgres after a write whose outcome this process cannot know."""
+    cursor = await conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s", (handle.job_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        return
+    fresh = await _handle(conn, row)
+    handle.status, handle.waiting_reason, handle.cursor = fresh.status, fresh.waiting_reason, fresh.cursor
+    handle.steps, handle.inbox = fresh.steps, fresh.inbox
+
+
 async def job_status(conn: psycopg.AsyncConnection, job_id: str) -> tuple[str, str] | None:
     """(tenant_id, status) of a job, or None when it does not exist."""
     cursor = await conn.execute("SELECT tenant_id, status FROM jobs WHERE job_id = %s", (job_id,))

@@ -7,7 +7,9 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import structlog
+from psycopg_pool import PoolTimeout
 
 from aetheris.errors import FencedError, JobCancelled, JobParked, NonDeterminismError
 from aetheris.kafka import messages as m
@@ -19,6 +21,8 @@ from aetheris.worker.handle import JobHandle
 from aetheris.worker.runtime import Runtime
 
 log = structlog.get_logger("aetheris.worker")
+
+DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
 async def run_job(runtime: Runtime, handle: JobHandle) -> None:
@@ -35,6 +39,11 @@ async def run_job(runtime: Runtime, handle: JobHandle) -> None:
         log.debug("job parked", job_id=handle.job_id, reason=parked.reason)
         return
     except (JobCancelled, JobEvicted, asyncio.CancelledError):
+        return
+    except DATABASE_UNAVAILABLE as exc:
+        # The outcome of the last write is unknown: the worker reloads the job and replays it.
+        log.warning("database unavailable; job will be reloaded", job_id=handle.job_id, error=str(exc))
+        handle.stale = True
         return
     except FencedError as exc:
         log.warning("partition fenced; dropping it", job_id=handle.job_id, error=str(exc))

@@ -34,8 +34,8 @@ from aetheris.observability import COMMANDS as COMMANDS_METRIC
 from aetheris.outbox import OutboxPublisher
 from aetheris.worker.commands import CommandProcessor
 from aetheris.worker.handle import JobHandle
-from aetheris.worker.loading import load_open_jobs
-from aetheris.worker.runner import run_job
+from aetheris.worker.loading import load_open_jobs, reload
+from aetheris.worker.runner import DATABASE_UNAVAILABLE, run_job
 from aetheris.worker.runtime import Runtime
 
 log = structlog.get_logger("aetheris.worker")
@@ -261,9 +261,26 @@ class Worker:
             while True:
                 handle.rerun = False
                 await run_job(runtime, handle)
+                if handle.stale and not runtime.draining:
+                    await self._reload(handle)
+                    continue
                 if not handle.rerun or handle.terminal or handle.cancelled or runtime.draining:
                     break
         self._arm_wakeup(handle)
+
+    async def _reload(self, handle: JobHandle) -> None:
+        """Retry until Postgres answers, then refresh the job from it."""
+        runtime = self.runtime
+        assert runtime is not None
+        while handle.job_id in runtime.jobs:
+            await asyncio.sleep(1)
+            try:
+                async with runtime.pool.connection() as conn:
+                    await reload(conn, handle)
+            except DATABASE_UNAVAILABLE:
+                continue
+            handle.stale = False
+            return
 
     def _arm_wakeup(self, handle: JobHandle) -> None:
         runtime = self.runtime

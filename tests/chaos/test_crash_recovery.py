@@ -1,0 +1,124 @@
+"""kill -9 at every protocol boundary: completed tools never run again; in-doubt ones park or
+re-run by their declaration; the events topic still mirrors the outbox."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from aetheris import Client, JobNotFoundError
+from tests.conftest import Stack
+from tests.events import assert_topic_mirrors_outbox
+
+pytestmark = pytest.mark.chaos
+
+FAST_FAILOVER = {"AETHERIS_SESSION_TIMEOUT_MS": "6000"}
+
+
+def status(client: Client, job_id: str) -> str | None:
+    try:
+        return client.status(job_id).status
+    except JobNotFoundError:
+        return None
+
+
+def ledger(stack: Stack, job_id: str) -> dict[str, tuple[object, ...]]:
+    rows = stack.query("SELECT step_key, status, attempt FROM ledger WHERE job_id = %s", job_id)
+    return {str(r[0]): r[1:] for r in rows}
+
+
+@pytest.mark.parametrize("chaos", ["kill:before_start:effect", "kill:after_complete:effect"])
+def test_kill_before_a_tool_or_after_its_commit(stack: Stack, chaos: str) -> None:
+    first = stack.start_worker("w1", AETHERIS_CHAOS=chaos)
+    with Client(stack.settings) as client:
+        job_id = client.submit("steps", {"count": 3}, tenant="acme")
+        assert first.proc.wait(60) == -signal.SIGKILL
+        executed_before_restart = stack.effects(job_id)
+        stack.start_worker("w1")
+        assert client.result(job_id, timeout=60) == [{"executions": 1}] * 3
+    assert executed_before_restart == (0 if "before_start" in chaos else 1)
+    assert stack.effects(job_id) == 3
+    assert_topic_mirrors_outbox(stack.settings)
+
+
+def test_kill_between_tool_and_commit_parks_a_non_idempotent_tool(stack: Stack) -> None:
+    first = stack.start_worker("w1", AETHERIS_TEST_DIE_IN_TOOL="1")
+    with Client(stack.settings) as client:
+        job_id = client.submit("steps", {"count": 3, "tool_name": "effect_then_die"}, tenant="acme")
+        assert first.proc.wait(60) == -signal.SIGKILL
+        stack.start_worker("w1")
+        stack.wait(lambda: client.status(job_id).waiting_reason == "IN_DOUBT", 30, "never parked")
+        info = client.status(job_id)
+        assert stack.effects(job_id) == 1  # not run again
+        [step] = info.pending_steps
+        assert ledger(stack, job_id)[step] == ("in_doubt", 1)
+        client.resolve(job_id, step, "complete", result={"executions": 1})
+        assert client.result(job_id, timeout=60) == [{"executions": 1}] * 3
+    assert stack.effects(job_id) == 3
+    assert_topic_mirrors_outbox(stack.settings)
+
+
+def test_kill_between_tool_and_commit_reruns_an_idempotent_tool_once(stack: Stack) -> None:
+    first = stack.start_worker("w1", AETHERIS_TEST_DIE_IN_TOOL="1")
+    with Client(stack.settings) as client:
+        job_id = client.submit("steps", {"count": 3, "tool_name": "idempotent_effect_then_die"},
+                               tenant="acme")
+        assert first.proc.wait(60) == -signal.SIGKILL
+        stack.start_worker("w1")
+        result = client.result(job_id, timeout=60)
+    assert result == [{"executions": 2}, {"executions": 1}, {"executions": 1}]
+    assert stack.effects(job_id, "step-0") == 2  # exactly once more
+    assert stack.effects(job_id) == 4
+    keys = stack.query("SELECT DISTINCT idem_key FROM side_effects WHERE job_id = %s AND name = 'step-0'",
+                       job_id)
+    assert len(keys) == 1  # the repeat carried the same idempotency key
+    assert_topic_mirrors_outbox(stack.settings)
+
+
+def test_confirmation_survives_a_restart(stack: Stack) -> None:
+    first = stack.start_worker("w1")
+    with Client(stack.settings) as client:
+        job_id = client.submit("approval", {"amount": 7}, tenant="acme")
+        stack.wait(lambda: status(client, job_id) == "WAITING", 30, "never waited")
+        first.kill(signal.SIGKILL)
+        stack.start_worker("w1")
+        client.confirm(job_id, approved=True, by="bob")
+        assert client.result(job_id, timeout=60) == {"status": "paid", "by": "bob"}
+        client.confirm(job_id, approved=False, by="eve")
+        client.signal(job_id, "noise")
+        assert client.result(job_id, timeout=5) == {"status": "paid", "by": "bob"}
+    assert stack.effects(job_id) == 2
+    assert_topic_mirrors_outbox(stack.settings)
+
+
+def test_timer_survives_a_restart_and_fires_once(stack: Stack) -> None:
+    first = stack.start_worker("w1")
+    with Client(stack.settings) as client:
+        job_id = client.submit("sleeper", {"seconds": 2}, tenant="acme")
+        stack.wait(lambda: status(client, job_id) == "WAITING", 30, "never slept")
+        first.kill(signal.SIGKILL)
+        stack.start_worker("w1")
+        assert client.result(job_id, timeout=60) == "woke"
+    fired = stack.query("SELECT count(*) FROM job_events WHERE job_id = %s AND type = 'TimerFired'", job_id)
+    assert fired == [(1,)]
+    assert stack.effects(job_id) == 2
+    assert_topic_mirrors_outbox(stack.settings)
+
+
+def test_changed_agent_code_is_non_determinism(stack: Stack) -> None:
+    first = stack.start_worker("w1")
+    with Client(stack.settings) as client:
+        job_id = client.submit("evolving", {}, tenant="acme")
+        stack.wait(lambda: status(client, job_id) == "WAITING", 30, "never waited")
+        first.kill(signal.SIGKILL)
+        stack.start_worker("w1", AETHERIS_TEST_VARIANT="v2")
+        stack.wait(lambda: status(client, job_id) == "FAILED", 30, "non-determinism not detected")
+        error = client.status(job_id).error or {}
+    assert error["type"] == "aetheris.errors.NonDeterminismError"
+    assert "first" in error["message"] and "renamed" in error["message"]
+    assert stack.effects(job_id) == 1  # the new step never ran
+    detected = stack.query("SELECT payload FROM job_events WHERE job_id = %s AND type = "
+                           "'NonDeterminismDetected'", job_id)
+    assert len(detected) == 1
+    assert_topic_mirrors_outbox(stack.settings)
