@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -146,6 +147,7 @@ class OutboxPublisher:
         self.topic = topic
         self._pending: list[EventRow] = []
         self._unmarked: list[EventRow] = []
+        self._flusher = ThreadPoolExecutor(1, "aetheris-outbox")
         self._wakeup = asyncio.Event()
 
     def publish(self, rows: Iterable[EventRow]) -> None:
@@ -187,7 +189,7 @@ class OutboxPublisher:
         """Wait for delivery of everything queued so far and mark it published."""
         batch, self._pending = self._pending, []
         if batch:
-            if await asyncio.to_thread(self.producer.flush, 30):
+            if await asyncio.get_running_loop().run_in_executor(self._flusher, self.producer.flush, 30):
                 self._pending[:0] = batch  # retried on the next flush
                 return
             self._unmarked.extend(batch)

@@ -11,7 +11,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from aetheris.dev.jars import classpath
 from aetheris.dev.process import PidFileProcess, port_open, wait_until
@@ -128,6 +128,9 @@ class KafkaBroker:
             "offsets.topic.num.partitions": "12",
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
+            # Fewer coordinator partitions: a cold node loads them in well under a second, so
+            # the first idempotent producer is not kept waiting for its producer id.
+            "transaction.state.log.num.partitions": "4",
             # A dev node has one member per group most of the time: do not wait for more.
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
@@ -167,6 +170,7 @@ class KafkaBroker:
         self._format_storage(config)
         self.process.spawn(self._java("kafka.Kafka", str(config), heap="768m"))
         wait_until(self._ready, 90, "Apache Kafka", self.dir / "server.log")
+        _warm_up(self.bootstrap)
 
     def _ready(self) -> bool:
         if self.process.pid() is None:
@@ -178,6 +182,41 @@ class KafkaBroker:
 
     def running(self) -> bool:
         return self.process.pid() is not None
+
+
+def _warm_up(bootstrap: str) -> None:
+    """Wait until the group and transaction coordinators answer (they load after the port opens).
+
+    One idempotent write to a one-partition topic and one offset fetch: after them, the first
+    worker and client do not stall on "coordinator load in progress".
+    """
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    topic = "__aetheris_warm_up"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if topic not in admin.list_topics(timeout=30).topics:
+        admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer.produce(topic, b"")
+    if producer.flush(60):
+        raise InfrastructureError("Apache Kafka did not accept a write within 60s")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "aetheris-warm-up"})
+    try:
+        wait_until(lambda: _offsets_answer(consumer, TopicPartition(topic, 0)), 60,
+                   "Apache Kafka's group coordinator", None)
+    finally:
+        consumer.close()
+
+
+def _offsets_answer(consumer: Any, partition: Any) -> bool:
+    from confluent_kafka import KafkaException
+
+    try:
+        consumer.committed([partition], timeout=5)
+    except KafkaException:
+        return False
+    return True
 
 
 class TansuBroker:

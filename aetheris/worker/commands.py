@@ -97,7 +97,7 @@ class CommandProcessor:
         tx.event(cursor, m.JobAccepted(worker_id=self.runtime.worker_id, partition=partition))
         tx.update_job(cursor)
         return JobHandle(body.job_id, command.tenant_id, body.agent, partition, job_input,
-                         "SUBMITTED", _now(), cursor)
+                         "SUBMITTED", _now(), cursor, epoch=tx.epoch)
 
     async def apply(self, command: m.Command) -> None:
         """Apply a ConfirmStep, SignalJob, CancelJob or ResolveInDoubt."""

@@ -16,6 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -110,7 +111,7 @@ class JobContext(Context):
 
     def _next(self, kind: str, name: str, args: Any) -> tuple[int, str, StepRecord | None]:
         """Take the next call position; return it, its key, and the recorded row if any."""
-        if self._runtime.draining:
+        if self._runtime.evicting(self._job.partition):
             raise JobEvicted(self.job_id)
         self._position += 1
         key = f"{self._position}:{kind}:{name}:{args_hash(args).hex()[:16]}"
@@ -140,8 +141,9 @@ class JobContext(Context):
             raise TypeError("ctx.tool takes keyword arguments only, so the ledger can name them")
         definition = tool_definition(fn)
         call_args = to_json_value(dict(kwargs), f"{definition.name} arguments")
+        executor = self._runtime.tool_executor
         result = await self._effect("tool", definition.name, call_args, definition,
-                                    lambda key: _invoke(definition, dict(kwargs), key))
+                                    lambda key: _invoke(definition, dict(kwargs), key, executor))
         return from_json_value(definition.fn, result)  # type: ignore[no-any-return]
 
     async def llm(self, messages: list[dict[str, Any]] | list[Any], *, model: str, **params: Any) -> Any:
@@ -419,15 +421,19 @@ class JobContext(Context):
         self._advance_clock(step)
 
 
-async def _invoke(definition: ToolDefinition, kwargs: dict[str, Any], key: str) -> Any:
+async def _invoke(
+    definition: ToolDefinition, kwargs: dict[str, Any], key: str, executor: Executor | None
+) -> Any:
     if definition.takes_idempotency_key:
         kwargs = {**kwargs, "idempotency_key": key}
     token = _idempotency_key.set(key)
     try:
         if definition.is_async:
             return await definition.fn(**kwargs)
-        # contextvars travel with to_thread, so a sync tool sees its idempotency key too.
-        return await asyncio.to_thread(definition.fn, **kwargs)
+        # Sync tools get threads of their own, so a slow tool never starves the worker's Kafka
+        # and database I/O; the copied context carries the idempotency key into the thread.
+        call = functools.partial(contextvars.copy_context().run, definition.fn, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
     finally:
         _idempotency_key.reset(token)
 

@@ -29,6 +29,8 @@ class JobHandle:
     status: str
     created_at: datetime
     cursor: JobCursor
+    epoch: int = 0
+    """Fencing token of the ownership this handle was loaded under; every write carries it."""
     waiting_reason: str | None = None
     steps: dict[int, StepRecord] = field(default_factory=dict)
     inbox: dict[str, StepRecord] = field(default_factory=dict)

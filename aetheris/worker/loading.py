@@ -14,24 +14,24 @@ _JOB_COLUMNS = ("job_id, tenant_id, agent, partition, input, status, created_at,
                 "last_seq, last_hash")
 
 
-async def _handle(conn: psycopg.AsyncConnection, row: tuple[Any, ...]) -> JobHandle:
+async def _handle(conn: psycopg.AsyncConnection, row: tuple[Any, ...], epoch: int) -> JobHandle:
     job_id, tenant_id, agent, partition, input_, status, created_at, waiting, seq, digest = row
     cursor = JobCursor(job_id, tenant_id, partition, seq, bytes(digest) if digest else None)
     handle = JobHandle(job_id, tenant_id, agent, partition, input_, status, created_at, cursor,
-                       waiting_reason=waiting)
+                       epoch=epoch, waiting_reason=waiting)
     for step in await load_steps(conn, job_id):
         handle.add_step(step)
     return handle
 
 
-async def load_open_jobs(conn: psycopg.AsyncConnection, partition: int) -> list[JobHandle]:
-    """Every non-terminal job of a partition, with its ledger."""
+async def load_open_jobs(conn: psycopg.AsyncConnection, partition: int, epoch: int) -> list[JobHandle]:
+    """Every non-terminal job of a partition, with its ledger, for the ownership ``epoch``."""
     cursor = await conn.execute(
         f"SELECT {_JOB_COLUMNS} FROM jobs WHERE partition = %s "
         "AND status IN ('SUBMITTED', 'RUNNING', 'WAITING') ORDER BY created_at",
         (partition,),
     )
-    return [await _handle(conn, row) for row in await cursor.fetchall()]
+    return [await _handle(conn, row, epoch) for row in await cursor.fetchall()]
 
 
 async def reload(conn: psycopg.AsyncConnection, handle: JobHandle) -> None:
@@ -40,7 +40,7 @@ async def reload(conn: psycopg.AsyncConnection, handle: JobHandle) -> None:
     row = await cursor.fetchone()
     if row is None:
         return
-    fresh = await _handle(conn, row)
+    fresh = await _handle(conn, row, handle.epoch)
     handle.status, handle.waiting_reason, handle.cursor = fresh.status, fresh.waiting_reason, fresh.cursor
     handle.steps, handle.inbox = fresh.steps, fresh.inbox
 

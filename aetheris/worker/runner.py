@@ -47,7 +47,7 @@ async def run_job(runtime: Runtime, handle: JobHandle) -> None:
         return
     except FencedError as exc:
         log.warning("partition fenced; dropping it", job_id=handle.job_id, error=str(exc))
-        runtime.lose(handle.partition)
+        runtime.lose(handle.partition, epoch=handle.epoch)
         return
     except NonDeterminismError as exc:
         detected = m.NonDeterminismDetected(step_key=exc.actual, expected=exc.expected,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,17 +32,33 @@ class Runtime:
     draining: bool = False
     """Set on graceful shutdown: running jobs stop at their next step boundary."""
     wakeups: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    tool_executor: Executor | None = None
+    """Threads for sync tools (None: the loop's default executor)."""
+    draining_partitions: set[int] = field(default_factory=set)
+    """Partitions being revoked: their jobs stop at the next step boundary."""
 
-    def lose(self, partition: int) -> list[JobHandle]:
-        """Forget a partition (revoked, lost or fenced): stop its jobs, return their handles."""
+    def evicting(self, partition: int) -> bool:
+        """Jobs of this partition must stop at their next step boundary."""
+        return self.draining or partition in self.draining_partitions
+
+    def lose(self, partition: int, *, epoch: int | None = None, cancel: bool = True) -> list[JobHandle]:
+        """Forget a partition (revoked, lost or fenced) and its jobs.
+
+        With ``epoch``, only if that is still the ownership held (a fenced task of an earlier
+        ownership must not drop a newer one). Without ``cancel``, running tasks go on until
+        their next write, which the database fences.
+        """
+        if epoch is not None and self.epochs.get(partition) != epoch:
+            return []
         self.epochs.pop(partition, None)
+        self.draining_partitions.discard(partition)
         dropped = [h for h in self.jobs.values() if h.partition == partition]
         for handle in dropped:
             del self.jobs[handle.job_id]
             wakeup = self.wakeups.pop(handle.job_id, None)
             if wakeup is not None:
                 wakeup.cancel()
-            if handle.task is not None and handle.task is not asyncio.current_task():
+            if cancel and handle.task is not None and handle.task is not asyncio.current_task():
                 handle.task.cancel()
         return dropped
 
@@ -60,7 +77,9 @@ class Runtime:
         async with handle.lock:
             if handle.cancelled and not even_if_cancelled:
                 raise JobCancelled(handle.job_id)
-            tx = FencedTransaction(handle.partition, self.epoch(handle.partition))
+            # The handle's own epoch, never the current one: a task left over from an earlier
+            # ownership must be fenced by the database even if this process owns it again.
+            tx = FencedTransaction(handle.partition, handle.epoch)
             build(tx)
             events = await tx.commit(self.pool)
             self.publisher.publish(events)

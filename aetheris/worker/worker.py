@@ -8,12 +8,15 @@ are committed only after a batch's effects are durable in Postgres.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -41,6 +44,7 @@ from aetheris.worker.runtime import Runtime
 log = structlog.get_logger("aetheris.worker")
 
 GROUP = "aetheris-workers"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class WorkerOptions:
     """On SIGTERM, how long in-flight steps may take to finish."""
     heartbeat_s: float = 2.0
     batch_size: int = 500
+    tool_threads: int = 64
+    """Threads for synchronous tools."""
 
 
 class Worker:
@@ -73,6 +79,7 @@ class Worker:
         self.dead_letter_topic = topic_name(settings, DEAD_LETTER)
         self._slots = asyncio.Semaphore(self.options.concurrency)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._kafka_thread = ThreadPoolExecutor(1, "aetheris-kafka")
         self.runtime: Runtime | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -84,7 +91,8 @@ class Worker:
         await pool.open(wait=True, timeout=30)
         producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 1})
         publisher = OutboxPublisher(pool, producer, self.serde, topic_name(self.settings, EVENTS))
-        runtime = Runtime(self.worker_id, pool, publisher, self.llm)
+        runtime = Runtime(self.worker_id, pool, publisher, self.llm,
+                          tool_executor=ThreadPoolExecutor(self.options.tool_threads, "aetheris-tool"))
         self.runtime = runtime
         self.processor = CommandProcessor(runtime, self.schedule, self._reject)
         self.producer = producer
@@ -107,8 +115,13 @@ class Worker:
             overrides["group.instance.id"] = self.options.instance_id
         consumer = make_consumer(self.endpoints.bootstrap, self.settings.topic_prefix + GROUP, **overrides)
         consumer.subscribe([self.commands_topic], on_assign=self._on_assign,
-                           on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                           on_revoke=self._on_revoke, on_lost=self._on_lost)
         return consumer
+
+    async def _kafka(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking consumer call on the worker's own Kafka thread."""
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._kafka_thread, call)
 
     def _blocking(self, coro: Any) -> Any:
         """Run a coroutine on the worker's loop from librdkafka's callback thread and wait."""
@@ -119,15 +132,19 @@ class Worker:
         self._blocking(self._adopt([tp.partition for tp in partitions]))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._blocking(self._release([tp.partition for tp in partitions]))
+        self._blocking(self._release([tp.partition for tp in partitions], graceful=True))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Someone else may own them already: stop at once; late writes are fenced by Postgres.
+        self._blocking(self._release([tp.partition for tp in partitions], graceful=False))
 
     async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            batch = await asyncio.to_thread(consumer.consume, self.options.batch_size, 0.05)
+            batch = await self._kafka(consumer.consume, self.options.batch_size, 0.05)
             if batch:
                 committed = await self._process(batch, consumer)
                 if committed:
-                    await asyncio.to_thread(consumer.commit, offsets=committed, asynchronous=True)
+                    await self._kafka(consumer.commit, offsets=committed, asynchronous=True)
 
     async def _process(self, batch: list[Message], consumer: Consumer) -> list[TopicPartition]:
         """Apply a batch; return the offsets that are safe to commit."""
@@ -154,7 +171,7 @@ class Worker:
                 # Postgres unreachable or similar: rewind and try the records again later.
                 log.warning("command batch failed; retrying", partition=partition, error=str(exc))
                 rewind = TopicPartition(self.commands_topic, partition, items[0][0])
-                await asyncio.to_thread(consumer.seek, rewind)
+                await self._kafka(consumer.seek, rewind)
                 await asyncio.sleep(1)
                 continue
             offsets.append(TopicPartition(self.commands_topic, partition, items[-1][0] + 1))
@@ -208,7 +225,7 @@ class Worker:
             async with runtime.pool.connection() as conn:
                 epoch = await leases.claim(conn, partition, self.worker_id)
                 runtime.epochs[partition] = epoch
-                handles = await load_open_jobs(conn, partition)
+                handles = await load_open_jobs(conn, partition, epoch)
             await runtime.publisher.publish_unpublished(partition)
             if handles:
                 await self._claim_jobs(partition, epoch, handles)
@@ -228,12 +245,14 @@ class Worker:
             runtime.jobs[handle.job_id] = handle
             self.schedule(handle)  # parked jobs replay up to their wait and park again
 
-    async def _release(self, partitions: list[int]) -> None:
+    async def _release(self, partitions: list[int], *, graceful: bool) -> None:
         runtime = self.runtime
         assert runtime is not None
         given_up = {p: runtime.epochs[p] for p in partitions if p in runtime.epochs}
+        if graceful:
+            await self._drain(set(given_up))
         for partition in partitions:
-            runtime.lose(partition)
+            runtime.lose(partition, cancel=graceful)
         await runtime.publisher.flush()
         try:
             async with runtime.pool.connection() as conn:
@@ -264,7 +283,8 @@ class Worker:
                 if handle.stale and not runtime.draining:
                     await self._reload(handle)
                     continue
-                if not handle.rerun or handle.terminal or handle.cancelled or runtime.draining:
+                if (not handle.rerun or handle.terminal or handle.cancelled
+                        or runtime.evicting(handle.partition) or handle.job_id not in runtime.jobs):
                     break
         self._arm_wakeup(handle)
 
@@ -309,17 +329,25 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat failed", error=str(exc))
 
-    async def _shutdown(self, consumer: Consumer, background: list[asyncio.Task[None]]) -> None:
+    async def _drain(self, partitions: set[int]) -> None:
+        """Let the partitions' in-flight steps finish (within the shutdown timeout)."""
         runtime = self.runtime
         assert runtime is not None
-        runtime.draining = True
-        running = [h.task for h in runtime.jobs.values() if h.task is not None and not h.task.done()]
+        runtime.draining_partitions |= partitions
+        running = [h.task for h in runtime.jobs.values()
+                   if h.partition in partitions and h.task is not None and not h.task.done()]
         if running:
             _, late = await asyncio.wait(running, timeout=self.options.shutdown_timeout_s)
             for task in late:
                 task.cancel()
+
+    async def _shutdown(self, consumer: Consumer, background: list[asyncio.Task[None]]) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        runtime.draining = True
+        await self._drain(set(runtime.epochs))
         await runtime.publisher.flush()
-        await asyncio.to_thread(consumer.close)  # revokes (releasing leases) and leaves the group
+        await self._kafka(consumer.close)  # revokes (releasing leases) and leaves the group
         for task in background:
             task.cancel()
         await asyncio.to_thread(self.producer.flush, 10)
