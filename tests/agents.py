@@ -13,6 +13,7 @@ import time
 import psycopg
 
 from aetheris import Context, RetryableError, RetryPolicy, TerminalError, agent, idempotency_key, tool
+from aetheris.llm import ScriptedProvider
 
 EFFECTS_TABLE = """
 CREATE TABLE IF NOT EXISTS side_effects (
@@ -154,3 +155,16 @@ async def evolving(ctx: Context) -> str:
     await ctx.tool(effect, job_id=ctx.job_id, name="first" if variant == "v1" else "renamed")
     await ctx.confirm("continue?")
     return variant
+
+
+llm = ScriptedProvider({"capital": "Paris is the capital of France."}, model="scripted-test")
+
+
+@agent(name="thinker")
+async def thinker(ctx: Context, question: str) -> dict[str, object]:
+    """An LLM step, a reasoning record, and deterministic now/uuid/random around a confirmation."""
+    answer = await ctx.llm([{"role": "user", "content": question}], model="scripted-test")
+    seen = {"now": ctx.now().isoformat(), "uuid": str(ctx.uuid()), "random": ctx.random()}
+    await ctx.reason("answered", **seen)
+    await ctx.confirm("send the answer?")
+    return {"answer": answer.content, "tokens": answer.usage.completion_tokens, "seen": seen}

@@ -235,7 +235,8 @@ class Stack:
         instance_id = instance_id or f"w-{uuid.uuid4().hex[:6]}"
         log = self.tmp / f"{instance_id}-{len(self.workers)}.log"
         args = [sys.executable, "-m", "aetheris", "worker", "--agents", "tests.agents",
-                "--instance-id", instance_id, "--shutdown-timeout", "5"]
+                "--llm-provider", "tests.agents:llm", "--instance-id", instance_id,
+                "--shutdown-timeout", "5"]
         with log.open("wb") as out:
             proc = subprocess.Popen(args, env={**self.env, **extra_env}, cwd=REPO,
                                     stdout=out, stderr=subprocess.STDOUT)
@@ -297,5 +298,10 @@ def stack(topics: Settings, tmp_path: Path) -> Iterator[Stack]:
     yield running
     for worker in running.workers:
         if worker.proc.poll() is None:
+            worker.proc.terminate()  # graceful, so coverage data of the worker is written
+    for worker in running.workers:
+        try:
+            worker.proc.wait(15)
+        except subprocess.TimeoutExpired:
             worker.proc.kill()
-            worker.proc.wait(30)
+            worker.proc.wait(15)

@@ -122,3 +122,23 @@ def test_changed_agent_code_is_non_determinism(stack: Stack) -> None:
                            "'NonDeterminismDetected'", job_id)
     assert len(detected) == 1
     assert_topic_mirrors_outbox(stack.settings)
+
+
+def test_llm_step_and_deterministic_values_survive_a_restart(stack: Stack) -> None:
+    first = stack.start_worker("w1")
+    with Client(stack.settings) as client:
+        job_id = client.submit("thinker", {"question": "What is the capital of France?"}, tenant="acme")
+        stack.wait(lambda: status(client, job_id) == "WAITING", 30, "never waited")
+        first.kill(signal.SIGKILL)
+        stack.start_worker("w1")
+        client.confirm(job_id, by="carol")
+        result = client.result(job_id, timeout=60)
+    assert result["answer"] == "Paris is the capital of France."
+    assert result["tokens"] == 6
+    reasons = stack.query("SELECT args FROM ledger WHERE job_id = %s AND name = 'reason'", job_id)
+    assert reasons[0][0]["data"] == result["seen"]  # replay saw the same now/uuid/random
+    llm_events = stack.query("SELECT payload FROM job_events WHERE job_id = %s AND type = 'LlmCompleted'",
+                             job_id)
+    assert len(llm_events) == 1  # never asked again on replay
+    assert llm_events[0][0]["completion_tokens"] == 6
+    assert_topic_mirrors_outbox(stack.settings)
