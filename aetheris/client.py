@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from aetheris.config import Settings, load_settings
 from aetheris.endpoints import Endpoints, resolve
 from aetheris.errors import (
+    AetherisError,
     InfrastructureError,
     JobCancelledError,
     JobFailedError,
@@ -87,6 +88,48 @@ class AsyncClient:
         await self._send(tenant, body)
         return job_id
 
+    async def submit_many(
+        self, agent: Callable[..., Any] | str, inputs: list[dict[str, Any]],
+        tenant: str | Callable[[int], str],
+    ) -> list[str]:
+        """Submit many jobs with one flush; ``tenant`` may be a function of the input's index."""
+        name, job_ids = agent_name(agent), []
+        for index, job_input in enumerate(inputs):
+            job_ids.append(uuid.uuid4().hex)
+            body = m.SubmitJob(job_id=job_ids[-1], agent=name,
+                               input=json.dumps(to_json_value(job_input, "job input")))
+            self._produce(tenant(index) if callable(tenant) else tenant, body)
+        await self._flush()
+        return job_ids
+
+    async def results(self, job_ids: list[str], timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for many jobs on one connection; map job id -> result, or the exception it raised."""
+        pending, outcomes = set(job_ids), {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with await psycopg.AsyncConnection.connect(
+            self.endpoints.database_url, autocommit=True
+        ) as conn:
+            await conn.execute("LISTEN aetheris_jobs")
+            while pending:
+                cursor = await conn.execute(
+                    "SELECT job_id FROM jobs WHERE job_id = ANY(%s) "
+                    "AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')", (list(pending),))
+                for (job_id,) in await cursor.fetchall():
+                    info = await self._status(conn, job_id)
+                    assert info is not None
+                    try:
+                        outcomes[job_id] = _outcome(info)
+                    except AetherisError as exc:
+                        outcomes[job_id] = exc
+                    pending.discard(job_id)
+                remaining = deadline - loop.time()
+                if pending and remaining <= 0:
+                    raise JobTimeoutError(f"{len(pending)} jobs did not finish within {timeout}s")
+                async for _ in conn.notifies(timeout=min(max(remaining, 0.01), 1.0), stop_after=1):
+                    pass
+        return outcomes
+
     async def status(self, job_id: str) -> JobInfo:
         """The job's current state; :class:`JobNotFoundError` if there is no such job."""
         async with await psycopg.AsyncConnection.connect(self.endpoints.database_url) as conn:
@@ -146,10 +189,16 @@ class AsyncClient:
         return (await self.status(job_id)).tenant_id
 
     async def _send(self, tenant: str, body: m.CommandBody) -> None:
+        self._produce(tenant, body)
+        await self._flush()
+
+    def _produce(self, tenant: str, body: m.CommandBody) -> None:
         value = self.serde.encode_command(m.Command(tenant_id=tenant, body=body))
         self._producer.produce(self.topic, key=tenant.encode(), value=value)
+
+    async def _flush(self) -> None:
         if await asyncio.to_thread(self._producer.flush, 30):
-            raise InfrastructureError("the command could not be delivered to Kafka within 30s")
+            raise InfrastructureError("commands could not be delivered to Kafka within 30s")
 
     @staticmethod
     async def _status(conn: psycopg.AsyncConnection, job_id: str) -> JobInfo | None:

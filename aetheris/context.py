@@ -6,7 +6,7 @@ import abc
 import uuid as _uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
@@ -42,11 +42,17 @@ class Context(abc.ABC):
     tenant_id: str
     attempt: int
 
+    @overload
+    async def tool(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    async def tool(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
     @abc.abstractmethod
-    async def tool(
-        self, fn: Callable[P, Awaitable[R]] | Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R:
-        """Run a tool at most once (or exactly once for idempotent tools) and return its result."""
+    async def tool(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a tool and return its result: at most once, or (if declared idempotent) again
+        with the same idempotency key after a crash. Keyword arguments are checked against
+        ``fn``'s signature."""
 
     @abc.abstractmethod
     async def llm(self, messages: list[dict[str, Any]] | list[Any], *, model: str, **params: Any) -> Any:

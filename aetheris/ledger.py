@@ -7,6 +7,7 @@ tool runs; a row left ``started`` is in doubt and never re-run blindly.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from aetheris.kafka.messages import AvroRecord
 from aetheris.leases import fenced_error
-from aetheris.outbox import INSERT_EVENT, EventRow, JobCursor, event_params, next_event
+from aetheris.outbox import EventRow, JobCursor, next_event
 
 STARTED, COMPLETED, FAILED, IN_DOUBT = "started", "completed", "failed", "in_doubt"
 
@@ -68,20 +69,43 @@ async def load_steps(conn: psycopg.AsyncConnection, job_id: str, after_seq: int 
     return [StepRecord(*row) for row in await cursor.fetchall()]
 
 
+_RETRIES_NOT_COMMITTED = 20
+
+
+def _not_committed(exc: psycopg.Error) -> bool:
+    """The server reported the session ended before the statement committed (class 57P)."""
+    return (exc.sqlstate or "").startswith("57P")
+
+
+def _bytea(value: bytes | None) -> str | None:
+    return None if value is None else "\\x" + value.hex()
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
 @dataclass
 class FencedTransaction:
-    """Statements and events committed atomically, only while ``epoch`` owns ``partition``."""
+    """Rows and events committed atomically, only while ``epoch`` owns ``partition``.
+
+    Everything is sent as one jsonb document to ``aetheris_commit`` (see the migrations): one
+    statement, one round trip, one commit.
+    """
 
     partition: int
     epoch: int
-    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
+    notify: list[str] = field(default_factory=list)
+    _new_jobs: list[dict[str, Any]] = field(default_factory=list)
+    _new_steps: list[dict[str, Any]] = field(default_factory=list)
+    _step_updates: list[dict[str, Any]] = field(default_factory=list)
     _saved: dict[int, tuple[JobCursor, int, bytes | None]] = field(default_factory=dict)
     _jobs: dict[str, tuple[JobCursor, dict[str, Any]]] = field(default_factory=dict)
-    notify: list[str] = field(default_factory=list)
 
-    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
-        self.statements.append((sql, params))
+    @property
+    def empty(self) -> bool:
+        return not (self._new_jobs or self._new_steps or self._step_updates or self._jobs)
 
     def event(self, cursor: JobCursor, payload: AvroRecord, at: datetime | None = None) -> EventRow:
         """Append the job's next event; ``cursor`` rolls back if the transaction fails."""
@@ -89,59 +113,70 @@ class FencedTransaction:
         self._jobs.setdefault(cursor.job_id, (cursor, {}))
         row = next_event(cursor, self.epoch, payload, at)
         self.events.append(row)
-        self.execute(INSERT_EVENT, event_params(row))
         return row
 
+    def insert_job(self, cursor: JobCursor, agent: str, status: str, job_input: Any,
+                   error: dict[str, Any] | None, finished_at: datetime | None) -> None:
+        """Register a new job (its events follow in the same transaction)."""
+        self._new_jobs.append({
+            "job_id": cursor.job_id, "tenant_id": cursor.tenant_id, "agent": agent,
+            "partition": cursor.partition, "status": status, "input": job_input, "error": error,
+            "finished_at": _time(finished_at)})
+
     def insert_step(self, cursor: JobCursor, step: StepRecord) -> None:
-        self.execute(
-            """
-            INSERT INTO ledger (job_id, step_key, seq, tenant_id, kind, name, status, args_hash,
-                                args, result, error, attempt, idempotency_key, wake_at, epoch,
-                                started_at, finished_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                    coalesce(%s, now()), %s)
-            """,
-            (cursor.job_id, step.step_key, step.seq, cursor.tenant_id, step.kind, step.name,
-             step.status, args_hash(step.args), Jsonb(step.args), Jsonb(step.result),
-             Jsonb(step.error), step.attempt, step.idempotency_key, step.wake_at, self.epoch,
-             step.started_at, step.finished_at),
-        )
+        self._new_steps.append({
+            "job_id": cursor.job_id, "step_key": step.step_key, "seq": step.seq,
+            "tenant_id": cursor.tenant_id, "kind": step.kind, "name": step.name,
+            "status": step.status, "args_hash": _bytea(args_hash(step.args)), "args": step.args,
+            "result": step.result, "error": step.error, "attempt": step.attempt,
+            "idempotency_key": step.idempotency_key, "wake_at": _time(step.wake_at),
+            "started_at": _time(step.started_at), "finished_at": _time(step.finished_at)})
 
     def update_step(self, job_id: str, step: StepRecord) -> None:
-        self.execute(
-            """
-            UPDATE ledger SET status = %s, result = %s, error = %s, attempt = %s, seq = %s,
-                   consumed_by = %s, epoch = %s, finished_at = %s
-             WHERE job_id = %s AND step_key = %s
-            """,
-            (step.status, Jsonb(step.result), Jsonb(step.error), step.attempt, step.seq,
-             step.consumed_by, self.epoch, step.finished_at, job_id, step.step_key),
-        )
+        self._step_updates.append({
+            "job_id": job_id, "step_key": step.step_key, "status": step.status,
+            "result": step.result, "error": step.error, "attempt": step.attempt, "seq": step.seq,
+            "consumed_by": step.consumed_by, "finished_at": _time(step.finished_at)})
 
     def update_job(self, cursor: JobCursor, **columns: Any) -> None:
         """Set job columns; written at commit together with the chain position."""
         self._jobs.setdefault(cursor.job_id, (cursor, {}))[1].update(columns)
 
-    def _job_updates(self) -> list[tuple[str, tuple[Any, ...]]]:
-        """One UPDATE per touched job, carrying ``last_seq``/``last_hash`` of its chain."""
-        updates = []
-        for cursor, columns in self._jobs.values():
-            values = {**columns, "last_seq": cursor.last_seq, "last_hash": cursor.last_hash}
-            assignments = ", ".join(f"{name} = %s" for name in values)
-            params = tuple(Jsonb(v) if name in ("result", "error") else v for name, v in values.items())
-            updates.append((f"UPDATE jobs SET {assignments}, updated_at = now() WHERE job_id = %s",
-                            (*params, cursor.job_id)))
-        return updates
+    def document(self) -> dict[str, Any]:
+        """The jsonb document ``aetheris_commit`` applies."""
+        job_updates = [
+            {**{k: _time(v) if isinstance(v, datetime) else v for k, v in columns.items()},
+             "job_id": cursor.job_id, "last_seq": cursor.last_seq,
+             "last_hash": cursor.last_hash.hex() if cursor.last_hash else None}
+            for cursor, columns in self._jobs.values()
+        ]
+        events = [
+            {"job_id": e.job_id, "seq": e.seq, "tenant_id": e.tenant_id, "partition": e.partition,
+             "epoch": e.epoch, "type": e.type, "occurred_at": _time(e.occurred_at),
+             "payload": e.payload, "prev_hash": _bytea(e.prev_hash), "hash": _bytea(e.hash)}
+            for e in self.events
+        ]
+        return {"new_jobs": self._new_jobs, "new_steps": self._new_steps,
+                "step_updates": self._step_updates, "events": events,
+                "job_updates": job_updates, "notify": self.notify}
 
     async def commit(self, pool: AsyncConnectionPool[Any]) -> list[EventRow]:
-        """One round trip: fence, statements, notifications, commit. Raises FencedError."""
+        """One statement in its own transaction. Raises FencedError when the epoch is stale."""
+        document = Jsonb(self.document())
         try:
-            async with pool.connection() as conn, conn.pipeline(), conn.transaction():
-                await conn.execute("SELECT aetheris_fence(%s, %s)", (self.partition, self.epoch))
-                for sql, params in (*self.statements, *self._job_updates()):
-                    await conn.execute(sql, params)
-                for job_id in self.notify:
-                    await conn.execute("SELECT pg_notify('aetheris_jobs', %s)", (job_id,))
+            for attempt in range(_RETRIES_NOT_COMMITTED):
+                try:
+                    async with pool.connection() as conn:
+                        await conn.execute("SELECT aetheris_commit(%s, %s, %s)",
+                                           (self.partition, self.epoch, document))
+                    break
+                except psycopg.OperationalError as exc:
+                    # The server said it terminated the session: the statement did not commit,
+                    # so it is safe to send it again on another connection. Without such an
+                    # answer the outcome is unknown and the caller must reload.
+                    if not _not_committed(exc) or attempt == _RETRIES_NOT_COMMITTED - 1:
+                        raise
+                    await asyncio.sleep(0.05 * attempt)
         except psycopg.Error as exc:
             self._restore()
             raise (fenced_error(exc) or exc) from None

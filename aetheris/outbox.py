@@ -22,7 +22,6 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
-from psycopg.types.json import Jsonb
 
 from aetheris.kafka.messages import EVENT_TYPES, AvroRecord, JobEvent
 from aetheris.kafka.serde import AvroSerde
@@ -94,19 +93,6 @@ def next_event(cursor: JobCursor, epoch: int, payload: AvroRecord, at: datetime 
     row = EventRow(**fields, prev_hash=cursor.last_hash, hash=digest)
     cursor.last_seq, cursor.last_hash = row.seq, digest
     return row
-
-
-INSERT_EVENT = """
-INSERT INTO job_events (job_id, seq, tenant_id, partition, epoch, type, occurred_at, payload,
-                        prev_hash, hash)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-"""
-
-
-def event_params(row: EventRow) -> tuple[Any, ...]:
-    """Parameters of :data:`INSERT_EVENT`."""
-    return (row.job_id, row.seq, row.tenant_id, row.partition, row.epoch, row.type,
-            row.occurred_at, Jsonb(row.payload), row.prev_hash, row.hash)
 
 
 _SELECT = """

@@ -36,6 +36,9 @@ def _record(job_id: str, name: str) -> int:
 def _hold(job_id: str) -> None:
     """Lets a test catch a tool mid-flight: hold while the file AETHERIS_TEST_HOLD names exists."""
     marker = os.environ.get("AETHERIS_TEST_HOLD")
+    if marker and os.path.exists(marker):
+        with open(marker + ".entered", "a") as entered:  # lets the test see tools in flight
+            entered.write(f"{job_id}\n")
     deadline = time.monotonic() + 60
     while marker and os.path.exists(marker) and time.monotonic() < deadline:
         time.sleep(0.05)

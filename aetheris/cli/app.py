@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from aetheris.cli import db, dev, jobs, topics, worker
+from aetheris.cli import db, demo, dev, jobs, topics, worker
 from aetheris.errors import AetherisError, ConfigError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("confirm")(jobs.confirm)
 app.command("signal")(jobs.signal)
 app.command("cancel")(jobs.cancel)
 app.command("resolve")(jobs.resolve_step)
+app.command("demo")(demo.demo)
 
 
 def main(argv: list[str] | None = None) -> None:

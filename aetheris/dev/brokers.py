@@ -156,7 +156,9 @@ class KafkaBroker:
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            # "=": an id may start with "-", which argparse would take for an option.
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                       "-c", str(config)),
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from psycopg.types.json import Jsonb
 
 from aetheris.errors import TerminalError
 from aetheris.kafka import messages as m
@@ -56,7 +55,7 @@ class CommandProcessor:
             handle = self._record_submission(tx, partition, command)
             if handle is not None:
                 accepted.append(handle)
-        if not tx.statements:
+        if tx.empty:
             return
         events = await tx.commit(self.runtime.pool)
         self.runtime.publisher.publish(events)
@@ -80,12 +79,7 @@ class CommandProcessor:
             error = {"type": "aetheris.errors.UnknownAgentError",
                      "message": f"no agent named {body.agent!r} is registered"}
         status = "FAILED" if error else "SUBMITTED"
-        tx.execute(
-            "INSERT INTO jobs (job_id, tenant_id, agent, partition, status, input, error, finished_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (body.job_id, command.tenant_id, body.agent, partition, status, Jsonb(job_input),
-             Jsonb(error), _now() if error else None),
-        )
+        tx.insert_job(cursor, body.agent, status, job_input, error, _now() if error else None)
         tx.event(cursor, m.JobSubmitted(agent=body.agent, input=body.input,
                                         idempotency_key=body.idempotency_key,
                                         submitted_by=body.submitted_by, command_id=command.command_id))

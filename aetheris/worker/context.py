@@ -96,6 +96,8 @@ class JobContext(Context):
         self._uuids = 0
         self._random = random.Random(handle.job_id)
         self._clock = handle.created_at
+        self._unwritten: set[str] = set()
+        """Keys of idempotent steps running without a ledger row yet (written with the outcome)."""
 
     # -- determinism ----------------------------------------------------------------------
 
@@ -134,9 +136,7 @@ class JobContext(Context):
 
     # -- tools and LLM calls ----------------------------------------------------------------
 
-    async def tool(
-        self, fn: Callable[P, Awaitable[R]] | Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R:
+    async def tool(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         if args:
             raise TypeError("ctx.tool takes keyword arguments only, so the ledger can name them")
         definition = tool_definition(fn)
@@ -144,7 +144,7 @@ class JobContext(Context):
         executor = self._runtime.tool_executor
         result = await self._effect("tool", definition.name, call_args, definition,
                                     lambda key: _invoke(definition, dict(kwargs), key, executor))
-        return from_json_value(definition.fn, result)  # type: ignore[no-any-return]
+        return from_json_value(definition.fn, result)
 
     async def llm(self, messages: list[dict[str, Any]] | list[Any], *, model: str, **params: Any) -> Any:
         from aetheris.llm import LlmMessage, LlmResponse
@@ -175,7 +175,12 @@ class JobContext(Context):
             crash_point("before_start", name)
             step = StepRecord(key, position, kind, name, STARTED, args=call_args, attempt=1,
                               idempotency_key=idem_key, started_at=_now())
-            await self._commit(lambda tx: self._started(tx, step, insert=True))
+            if definition.idempotent:
+                # A repeat is harmless, so the row is written once, with the outcome: one
+                # commit per step. A crash before it simply runs the step again, same key.
+                self._unwritten.add(key)
+            else:
+                await self._commit(lambda tx: self._started(tx, step, insert=True))
         else:
             outcome = self._recorded_outcome(step)
             if outcome is not None:
@@ -243,12 +248,21 @@ class JobContext(Context):
 
     # -- the transactions of an effect step ---------------------------------------------------
 
+    def _write(self, tx: FencedTransaction, step: StepRecord) -> None:
+        """The row's first write inserts it (announcing the start), later writes update it."""
+        if step.step_key in self._unwritten:
+            self._unwritten.discard(step.step_key)
+            self._started(tx, step, insert=True)
+        else:
+            tx.update_step(self.job_id, step)
+
     def _started(self, tx: FencedTransaction, step: StepRecord, *, insert: bool) -> None:
-        step.status = STARTED
         if insert:
+            # With its current status: started, or already the outcome of an unwritten step.
             tx.insert_step(self._job.cursor, step)
             self._job.add_step(step)
         else:
+            step.status = STARTED
             tx.update_step(self.job_id, step)
         if step.kind == "llm":
             tx.event(self._job.cursor, m.LlmRequested(
@@ -262,7 +276,7 @@ class JobContext(Context):
                 idempotency_key=step.idempotency_key))
 
     def _completed(self, tx: FencedTransaction, step: StepRecord, began: float) -> None:
-        tx.update_step(self.job_id, step)
+        self._write(tx, step)
         duration = int((time.monotonic() - began) * 1000)
         if step.kind == "llm":
             usage = step.result.get("usage", {}) if isinstance(step.result, dict) else {}
@@ -276,7 +290,7 @@ class JobContext(Context):
                 result=_dumps(step.result), duration_ms=duration))
 
     def _failure(self, tx: FencedTransaction, step: StepRecord, began: float, retryable: bool) -> None:
-        tx.update_step(self.job_id, step)
+        self._write(tx, step)
         error = step.error or {}
         tx.event(self._job.cursor, m.ToolFailed(
             step_key=step.step_key, name=step.name, attempt=step.attempt,

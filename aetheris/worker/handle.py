@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aetheris.ledger import StepRecord
+from aetheris.ledger import FencedTransaction, StepRecord
 from aetheris.outbox import JobCursor
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
@@ -38,6 +39,8 @@ class JobHandle:
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
     rerun: bool = False
+    deferred: list[Callable[[FencedTransaction], None]] = field(default_factory=list)
+    """Writes that ride along with the job's next transaction (e.g. JobStarted)."""
     stale: bool = False
     """A write failed with an unknown outcome: reload from Postgres before running again."""
     runs: int = 0

@@ -43,6 +43,7 @@ async def reload(conn: psycopg.AsyncConnection, handle: JobHandle) -> None:
     fresh = await _handle(conn, row, handle.epoch)
     handle.status, handle.waiting_reason, handle.cursor = fresh.status, fresh.waiting_reason, fresh.cursor
     handle.steps, handle.inbox = fresh.steps, fresh.inbox
+    handle.deferred.clear()
 
 
 async def job_status(conn: psycopg.AsyncConnection, job_id: str) -> tuple[str, str] | None:

@@ -31,7 +31,7 @@ async def run_job(runtime: Runtime, handle: JobHandle) -> None:
     ctx = JobContext(runtime, handle)
     try:
         if handle.status in ("SUBMITTED", "RUNNING"):
-            await _start(runtime, handle)
+            _start(runtime, handle)
         definition = lookup_agent(handle.agent)
         value = await definition.fn(ctx, **handle.input)
         result = to_json_value(value, f"{handle.agent} result")
@@ -61,15 +61,16 @@ async def run_job(runtime: Runtime, handle: JobHandle) -> None:
                   result=result)
 
 
-async def _start(runtime: Runtime, handle: JobHandle) -> None:
-    resumed = handle.status == "RUNNING"
+def _start(runtime: Runtime, handle: JobHandle) -> None:
+    """Record the start with the job's first write: a start that did nothing needs no commit."""
+    resumed, at = handle.status == "RUNNING", datetime.now(UTC)
 
     def start(tx: FencedTransaction) -> None:
-        tx.event(handle.cursor, m.JobStarted(worker_id=runtime.worker_id, resumed=resumed))
+        tx.event(handle.cursor, m.JobStarted(worker_id=runtime.worker_id, resumed=resumed), at)
         tx.update_job(handle.cursor, status="RUNNING")
 
     handle.status = "RUNNING"
-    await runtime.commit(handle, start)
+    handle.deferred.append(start)
 
 
 async def _fail(

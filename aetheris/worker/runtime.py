@@ -80,7 +80,10 @@ class Runtime:
             # The handle's own epoch, never the current one: a task left over from an earlier
             # ownership must be fenced by the database even if this process owns it again.
             tx = FencedTransaction(handle.partition, handle.epoch)
+            for deferred in handle.deferred:
+                deferred(tx)
             build(tx)
             events = await tx.commit(self.pool)
+            handle.deferred.clear()
             self.publisher.publish(events)
         return events

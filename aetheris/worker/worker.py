@@ -87,7 +87,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.endpoints.database_url, min_size=2, max_size=16, open=False,
-            check=AsyncConnectionPool.check_connection)
+)
         await pool.open(wait=True, timeout=30)
         producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 1})
         publisher = OutboxPublisher(pool, producer, self.serde, topic_name(self.settings, EVENTS))

@@ -43,19 +43,18 @@ def test_two_workers_fifty_jobs_one_killed(stack: Stack) -> None:
     with Client(stack.settings) as client:
         jobs = [client.submit("steps", {"count": 3, "idempotent": True}, tenant=f"tenant-{i}")
                 for i in range(50)]
-        stack.wait(lambda: len(stack.query(
-            "SELECT DISTINCT epoch FROM ledger WHERE status = 'started'")) >= 1, 60, "nothing started")
+        entered = stack.tmp / "hold.entered"
+        stack.wait(lambda: entered.exists() and len(entered.read_text().split()) >= 4, 60,
+                   "no tool in flight")
         victim.kill(signal.SIGKILL)
         hold.unlink()
         for job_id in jobs:
             assert len(client.result(job_id, timeout=120)) == 3
     assert stack.owned("survivor") == stack.settings.partitions
     assert survivor.proc.poll() is None
-    # The victim's tools were held when it died, before their effect: each step ran once, and
-    # the survivor re-ran (as attempt 2, idempotent) exactly the steps the victim had started.
+    # The victim's tools were held when it died, before their effect: each step's effect
+    # happened exactly once, on the survivor.
     assert_every_step_ran_once(stack, 150)
-    retried = stack.query("SELECT count(*) FROM ledger WHERE attempt = 2")[0][0]
-    assert 0 < int(str(retried)) <= 50
     assert_topic_mirrors_outbox(stack.settings)
 
 
