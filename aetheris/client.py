@@ -7,6 +7,7 @@ results are read from Postgres, and ``result`` wakes on the worker's ``NOTIFY`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import uuid
@@ -20,7 +21,6 @@ from pydantic import BaseModel
 from aetheris.config import Settings, load_settings
 from aetheris.endpoints import Endpoints, resolve
 from aetheris.errors import (
-    AetherisError,
     InfrastructureError,
     JobCancelledError,
     JobFailedError,
@@ -75,6 +75,9 @@ class AsyncClient:
         self.serde = AvroSerde(registry_url=self.settings.schema_registry_url)
         self.topic = topic_name(self.settings, COMMANDS)
         self._producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 0})
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._listener: asyncio.Future[None] | None = None
+        self._query_conn: psycopg.AsyncConnection | None = None
 
     async def submit(
         self, agent: Callable[..., Any] | str, input: dict[str, Any] | BaseModel, tenant: str,
@@ -103,31 +106,16 @@ class AsyncClient:
         return job_ids
 
     async def results(self, job_ids: list[str], timeout: float = 60.0) -> dict[str, Any]:
-        """Wait for many jobs on one connection; map job id -> result, or the exception it raised."""
-        pending, outcomes = set(job_ids), {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        async with await psycopg.AsyncConnection.connect(
-            self.endpoints.database_url, autocommit=True
-        ) as conn:
-            await conn.execute("LISTEN aetheris_jobs")
-            while pending:
-                cursor = await conn.execute(
-                    "SELECT job_id FROM jobs WHERE job_id = ANY(%s) "
-                    "AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')", (list(pending),))
-                for (job_id,) in await cursor.fetchall():
-                    info = await self._status(conn, job_id)
-                    assert info is not None
-                    try:
-                        outcomes[job_id] = _outcome(info)
-                    except AetherisError as exc:
-                        outcomes[job_id] = exc
-                    pending.discard(job_id)
-                remaining = deadline - loop.time()
-                if pending and remaining <= 0:
-                    raise JobTimeoutError(f"{len(pending)} jobs did not finish within {timeout}s")
-                async for _ in conn.notifies(timeout=min(max(remaining, 0.01), 1.0), stop_after=1):
-                    pass
+        """Wait for many jobs; map job id -> result, or the exception it raised."""
+        outcomes: dict[str, Any] = {}
+
+        async def one(job_id: str) -> None:
+            try:
+                outcomes[job_id] = await self.result(job_id, timeout)
+            except (JobFailedError, JobCancelledError) as exc:
+                outcomes[job_id] = exc
+
+        await asyncio.gather(*(one(job_id) for job_id in job_ids))
         return outcomes
 
     async def status(self, job_id: str) -> JobInfo:
@@ -142,21 +130,45 @@ class AsyncClient:
         """Wait for the job to finish and return its result (raises if it failed or was cancelled)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with await psycopg.AsyncConnection.connect(
-            self.endpoints.database_url, autocommit=True
-        ) as conn:
-            await conn.execute("LISTEN aetheris_jobs")
+        woken = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(woken)
+        try:
+            await self._listen()
             while True:
-                info = await self._status(conn, job_id)
+                woken.clear()
+                info = await self._status(self._queries(), job_id)
                 if info is not None and info.status in ("COMPLETED", "FAILED", "CANCELLED"):
                     return _outcome(info)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s")
-                # Wake on the worker's NOTIFY for this job; re-check at least once a second.
-                async for notify in conn.notifies(timeout=min(remaining, 1.0)):
-                    if notify.payload == job_id:
-                        break
+                # Woken by the worker's NOTIFY for this job; re-checked at least once a second.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, 1.0))
+        finally:
+            self._waiters[job_id].discard(woken)
+            if not self._waiters[job_id]:
+                del self._waiters[job_id]
+
+    async def _listen(self) -> None:
+        """Open (once) a listening connection whose notifications wake the waiting ``result``s."""
+        if self._listener is not None and not self._listener.done():
+            return
+        url = self.endpoints.database_url
+        self._query_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        listen_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        await listen_conn.execute("LISTEN aetheris_jobs")
+        self._listener = asyncio.ensure_future(self._dispatch(listen_conn))
+
+    async def _dispatch(self, conn: psycopg.AsyncConnection) -> None:
+        async with conn:
+            async for notify in conn.notifies():
+                for woken in self._waiters.get(notify.payload, ()):
+                    woken.set()
+
+    def _queries(self) -> psycopg.AsyncConnection:
+        assert self._query_conn is not None
+        return self._query_conn
 
     async def confirm(self, job_id: str, approved: bool = True, by: str = "client",
                       comment: str | None = None, step_key: str | None = None) -> None:
@@ -182,8 +194,14 @@ class AsyncClient:
         await self._send(await self._tenant(job_id), body)
 
     async def close(self) -> None:
-        """Flush pending commands."""
+        """Flush pending commands and close the connections."""
         await asyncio.to_thread(self._producer.flush, 10)
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                await self._listener
+        if self._query_conn is not None:
+            await self._query_conn.close()
 
     async def _tenant(self, job_id: str) -> str:
         return (await self.status(job_id)).tenant_id

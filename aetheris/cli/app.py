@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from aetheris.cli import db, demo, dev, jobs, topics, worker
+from aetheris.cli import bench, db, demo, dev, jobs, topics, worker
 from aetheris.errors import AetherisError, ConfigError
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command("signal")(jobs.signal)
 app.command("cancel")(jobs.cancel)
 app.command("resolve")(jobs.resolve_step)
 app.command("demo")(demo.demo)
+app.command("bench")(bench.bench)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,6 +64,15 @@ class WorkerOptions:
     """Threads for synchronous tools."""
 
 
+def _fetch(consumer: Consumer, limit: int) -> list[Message]:
+    """Wait for one record (not for a full batch: that would add its timeout to every command's
+    latency), then take whatever else is already there."""
+    first = consumer.poll(0.1)
+    if first is None:
+        return []
+    return [first, *consumer.consume(limit - 1, 0)]
+
+
 class Worker:
     """One worker process. ``await Worker(settings).run(stop)`` until ``stop`` is set."""
 
@@ -140,7 +149,7 @@ class Worker:
 
     async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            batch = await self._kafka(consumer.consume, self.options.batch_size, 0.05)
+            batch = await self._kafka(_fetch, consumer, self.options.batch_size)
             if batch:
                 committed = await self._process(batch, consumer)
                 if committed:

@@ -1,0 +1,162 @@
+"""What every benchmark scenario needs: an isolated database and topics, real worker
+processes, and the description of the machine and versions the figures belong to."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+from aetheris.config import Settings
+from aetheris.db.migrate import migrate
+from aetheris.dev.stack import DevStack
+from aetheris.errors import InfrastructureError
+from aetheris.kafka.clients import make_admin
+from aetheris.kafka.topics import ensure_topics, topic_specs
+
+KAFKA_VERSION = "3.9.1"
+
+
+@dataclass
+class WorkerProcess:
+    """A benchmark worker."""
+
+    proc: subprocess.Popen[bytes]
+    instance_id: str
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM: the peak resident set size of the process so far."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@dataclass
+class BenchEnv:
+    """An isolated place to run: its own database and topic prefix on the given stack."""
+
+    settings: Settings
+    workdir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, base: Settings, step: Callable[[str], None]) -> BenchEnv:
+        """Use the configured addresses, or the dev stack (started if needed)."""
+        run_id = uuid.uuid4().hex[:8]
+        if base.kafka_bootstrap and base.database_url:
+            bootstrap, database_url = base.kafka_bootstrap, base.database_url
+        else:
+            stack = DevStack(base)
+            state = stack.running_state()
+            if state is None:
+                step("starting the dev stack")
+                state = stack.up()
+            bootstrap = state.bootstrap
+            # A database of its own: partition leases are per database, so a bench run never
+            # fences (or is fenced by) a worker of the user's.
+            database_url = stack.postgres.create_database(f"aetheris_bench_{run_id}")
+        step("migrations and topics")
+        migrate(database_url)
+        settings = base.model_copy(update={
+            "kafka_bootstrap": bootstrap, "database_url": database_url,
+            "topic_prefix": f"bench-{run_id}."})
+        ensure_topics(make_admin(bootstrap), topic_specs(settings))
+        workdir = base.home / "bench" / run_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        return cls(settings, workdir)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AETHERIS_")}
+        env.update({
+            "AETHERIS_KAFKA_BOOTSTRAP": str(self.settings.kafka_bootstrap),
+            "AETHERIS_DATABASE_URL": str(self.settings.database_url),
+            "AETHERIS_TOPIC_PREFIX": self.settings.topic_prefix,
+            "AETHERIS_PARTITIONS": str(self.settings.partitions),
+            "AETHERIS_HOME": str(self.settings.home),
+            **extra,
+        })
+        return env
+
+    def start_worker(self, instance_id: str, owns: int | None = None, **extra_env: str) -> WorkerProcess:
+        """Start a worker process; wait until it owns ``owns`` partitions (default: all)."""
+        log = self.workdir / f"{instance_id}-{len(self.workers)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "aetheris", "worker", "--agents", "aetheris.bench.agents",
+                 "--instance-id", instance_id, "--concurrency", "1000", "--shutdown-timeout", "5"],
+                env=self.env(**extra_env), stdout=out, stderr=subprocess.STDOUT)
+        worker = WorkerProcess(proc, instance_id, log)
+        self.workers.append(worker)
+        expected = self.settings.partitions if owns is None else owns
+        deadline = time.monotonic() + 90
+        while self.owned(instance_id) < expected:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise InfrastructureError(f"bench worker {instance_id} did not start:\n{tail}")
+            time.sleep(0.05)
+        return worker
+
+    def owned(self, instance_id: str) -> int:
+        with psycopg.connect(str(self.settings.database_url)) as conn:
+            row = conn.execute("SELECT count(*) FROM partition_leases WHERE owner = %s",
+                               (instance_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+
+    def postgres_version(self) -> str:
+        with psycopg.connect(str(self.settings.database_url)) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "unknown"
+
+
+def versions(env: BenchEnv) -> dict[str, str]:
+    """Versions the figures depend on."""
+    found = {"aetheris": metadata.version("aetheris"), "python": platform.python_version(),
+             "kafka": KAFKA_VERSION, "postgres": env.postgres_version()}
+    for package in ("confluent-kafka", "psycopg", "fastavro", "pydantic"):
+        found[package] = metadata.version(package)
+    return found
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures were measured on."""
+    model = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform()}

@@ -1,0 +1,250 @@
+"""The benchmark scenarios of the performance issue. Each returns the figures it measured."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from aetheris.bench.harness import BenchEnv
+from aetheris.client import AsyncClient
+
+Report = Callable[[str, int, int], None]
+"""(what, done, total): progress of a scenario."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Scenario sizes; the defaults are those of the comparison with DBOS and Temporal."""
+
+    jobs: int = 500
+    warmup: int = 10
+    latency_jobs: int = 200
+    long_steps: int = 10_000
+    kill_at: int = 5_000
+    concurrent: int = 100
+    sleep_s: float = 2.0
+    scale_workers: tuple[int, ...] = (1, 2, 4)
+
+
+def nearest_rank(sorted_values: list[float], percentile: float) -> float:
+    """The nearest-rank percentile of already sorted values."""
+    rank = max(1, math.ceil(percentile / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def _tenant(index: int) -> str:
+    return f"tenant-{index % 32}"
+
+
+async def _run_jobs(client: AsyncClient, count: int, idempotent: bool, report: Report) -> float:
+    """Submit ``count`` simple jobs as fast as possible; seconds from first submit to last result."""
+    inputs = [{"n": i, "idempotent": idempotent} for i in range(count)]
+    began = time.perf_counter()
+    job_ids = await client.submit_many("bench.simple", inputs, _tenant)
+    report("jobs submitted", 0, count)
+    outcomes = await client.results(job_ids, timeout=600)
+    elapsed = time.perf_counter() - began
+    failed = [job for job, outcome in outcomes.items() if isinstance(outcome, Exception)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} benchmark jobs failed, e.g. {outcomes[failed[0]]}")
+    report("jobs done", count, count)
+    return elapsed
+
+
+async def _warm_then_measure(env: BenchEnv, sizes: Sizes, idempotent: bool, report: Report) -> float:
+    """Warm-up jobs (not counted), then the measured ones."""
+    client = AsyncClient(env.settings)
+    await _run_jobs(client, sizes.warmup, idempotent, report)
+    return await _run_jobs(client, sizes.jobs, idempotent, report)
+
+
+def throughput(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
+    """Jobs/s of one worker, for at-most-once tools and for idempotent ones."""
+    figures = []
+    for idempotent in (False, True):
+        worker = env.start_worker(f"bench-{'idem' if idempotent else 'amo'}")
+        cpu_before = worker.cpu_seconds()
+
+        elapsed = asyncio.run(_warm_then_measure(env, sizes, idempotent, report))
+        cpu = worker.cpu_seconds() - cpu_before
+        env.stop_workers()
+        figures.append({
+            "scenario": "throughput", "variant": "idempotent" if idempotent else "at-most-once",
+            "jobs": sizes.jobs, "seconds": round(elapsed, 3), "jobs_per_s": round(sizes.jobs / elapsed, 1),
+            "worker_cpu_ms_per_job": round(cpu / (sizes.jobs + sizes.warmup) * 1000, 3),
+            "notes": "3 sequential tool steps per job; one client process, one worker process",
+        })
+    return figures
+
+
+def latency(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
+    """Submit-to-result latency of jobs run one after another."""
+    env.start_worker("bench-latency")
+
+    async def run() -> list[float]:
+        client = AsyncClient(env.settings)
+        for _ in range(sizes.warmup):
+            await client.result(await client.submit("bench.simple", {"n": 0}, "tenant-0"))
+        samples = []
+        for i in range(sizes.latency_jobs):
+            began = time.perf_counter()
+            await client.result(await client.submit("bench.simple", {"n": i}, _tenant(i)), 60)
+            samples.append((time.perf_counter() - began) * 1000)
+            report("sequential jobs", i + 1, sizes.latency_jobs)
+        return sorted(samples)
+
+    samples = asyncio.run(run())
+    env.stop_workers()
+    return [{
+        "scenario": "latency", "jobs": len(samples),
+        "p50_ms": round(nearest_rank(samples, 50), 2), "p95_ms": round(nearest_rank(samples, 95), 2),
+        "p99_ms": round(nearest_rank(samples, 99), 2), "max_ms": round(samples[-1], 2),
+        "notes": "submit-to-result, each job awaited before the next; nearest-rank percentiles",
+    }]
+
+
+def long_job(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
+    """One job of ``long_steps`` steps; then the same with the worker killed half way."""
+    count_file = env.workdir / "executions.log"
+
+    async def submit_and_wait(client: AsyncClient, watch: Callable[[], None] | None = None) -> float:
+        began = time.perf_counter()
+        job_id = await client.submit("bench.long", {"steps": sizes.long_steps}, "tenant-long")
+        task = asyncio.ensure_future(client.result(job_id, timeout=3600))
+        while not task.done():
+            await asyncio.sleep(0.1)
+            executed = _lines(count_file)
+            report("steps", min(executed, sizes.long_steps), sizes.long_steps)
+            if watch is not None:
+                watch()
+        await task
+        return time.perf_counter() - began
+
+    env.start_worker("bench-long", AETHERIS_BENCH_COUNT_FILE=str(count_file))
+    total = asyncio.run(submit_and_wait(AsyncClient(env.settings)))
+    env.stop_workers()
+
+    count_file.unlink()
+    first = env.start_worker("bench-long-kill", AETHERIS_BENCH_COUNT_FILE=str(count_file),
+                             AETHERIS_CHAOS=f"kill:after_complete:counted_step:{sizes.kill_at}")
+    killed_at: list[float] = []
+
+    def restart_when_killed() -> None:
+        if not killed_at and first.proc.poll() == -signal.SIGKILL:
+            killed_at.append(time.perf_counter())
+            env.start_worker("bench-long-kill", owns=0, AETHERIS_BENCH_COUNT_FILE=str(count_file))
+
+    asyncio.run(submit_and_wait(AsyncClient(env.settings), restart_when_killed))
+    recovery = time.perf_counter() - killed_at[0] if killed_at else float("nan")
+    env.stop_workers()
+    executions = _lines(count_file)
+    return [{
+        "scenario": "long_job", "steps": sizes.long_steps, "total_s": round(total, 2),
+        "kill_at_step": sizes.kill_at, "recovery_s": round(recovery, 2),
+        "remaining_work_s": round(total * (sizes.long_steps - sizes.kill_at) / sizes.long_steps, 2),
+        "executions": executions, "reexecuted_steps": executions - sizes.long_steps,
+        "notes": "SIGKILL right after step kill_at committed; a fresh worker with the same static "
+                 "group membership takes over at once; recovery_s is kill to result",
+    }]
+
+
+def concurrency(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
+    """Many concurrent jobs, each with a durable sleep and five steps; peak worker RSS."""
+    worker = env.start_worker("bench-concurrency")
+
+    async def run() -> float:
+        client = AsyncClient(env.settings)
+        began = time.perf_counter()
+        inputs = [{"sleep_s": sizes.sleep_s, "steps": 5}] * sizes.concurrent
+        job_ids = await client.submit_many("bench.sleepy", inputs, _tenant)
+        outcomes = await client.results(job_ids, timeout=600)
+        report("jobs done", len(outcomes), sizes.concurrent)
+        assert all(outcome == 5 for outcome in outcomes.values()), "a concurrent job failed"
+        return time.perf_counter() - began
+
+    elapsed = asyncio.run(run())
+    peak = worker.peak_rss_bytes()
+    env.stop_workers()
+    return [{
+        "scenario": "concurrency", "jobs": sizes.concurrent, "sleep_s": sizes.sleep_s,
+        "all_completed": True, "seconds": round(elapsed, 2),
+        "worker_peak_rss_mib": round(peak / 2**20, 1),
+        "notes": "peak RSS is the worker's VmHWM",
+    }]
+
+
+def replay(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
+    """Time to build the replay context of a long job from the ledger (no snapshot yet)."""
+    from aetheris.ledger import load_steps
+
+    with psycopg.connect(str(env.settings.database_url)) as conn:
+        row = conn.execute("SELECT job_id FROM jobs WHERE agent = 'bench.long' "
+                           "ORDER BY created_at LIMIT 1").fetchone()
+    if row is None:
+        return [{"scenario": "snapshot", "notes": "needs the long_job scenario first"}]
+    job_id = str(row[0])
+
+    async def build() -> tuple[int, float]:
+        async with await psycopg.AsyncConnection.connect(str(env.settings.database_url)) as conn:
+            began = time.perf_counter()
+            steps = await load_steps(conn, job_id)
+            return len(steps), time.perf_counter() - began
+
+    count, seconds = asyncio.run(build())
+    report("replay context", 1, 1)
+    return [{
+        "scenario": "snapshot", "events": count,
+        "replay_context_without_snapshot_ms": round(seconds * 1000, 1),
+        "snapshot_create_ms": None, "replay_context_with_snapshot_ms": None,
+        "notes": "snapshots are not implemented yet (stream-processor issue); this is the ledger-only build",
+    }]
+
+
+def scale(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
+    """Throughput with 1, 2 and 4 worker processes on the same partitions."""
+    figures = []
+    for count in sizes.scale_workers:
+        workers = [env.start_worker(f"bench-scale-{count}-{i}", owns=1 if i else None)
+                   for i in range(count)]
+        while sum(env.owned(w.instance_id) for w in workers) < env.settings.partitions or \
+                any(env.owned(w.instance_id) == 0 for w in workers):
+            time.sleep(0.1)
+        cpu_before = sum(w.cpu_seconds() for w in workers)
+
+        elapsed = asyncio.run(_warm_then_measure(env, sizes, False, report))
+        cpu = sum(w.cpu_seconds() for w in workers) - cpu_before
+        env.stop_workers()
+        figures.append({
+            "scenario": "scale", "workers": count, "jobs": sizes.jobs,
+            "jobs_per_s": round(sizes.jobs / elapsed, 1),
+            "worker_cpu_ms_per_job": round(cpu / (sizes.jobs + sizes.warmup) * 1000, 3),
+            "notes": f"{env.settings.partitions} partitions on a {_cpus()}-core machine",
+        })
+    return figures
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _lines(path: Any) -> int:
+    try:
+        with open(path, "rb") as handle:
+            return sum(1 for _ in handle)
+    except FileNotFoundError:
+        return 0
+
+
+SCENARIOS: dict[str, Callable[[BenchEnv, Sizes, Report], list[dict[str, Any]]]] = {
+    "throughput": throughput, "latency": latency, "long_job": long_job,
+    "concurrency": concurrency, "snapshot": replay, "scale": scale,
+}

@@ -1,0 +1,55 @@
+"""``aetheris bench``: the performance scenarios, as JSON lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from aetheris.bench.harness import BenchEnv, machine, versions
+from aetheris.bench.scenarios import SCENARIOS, Sizes
+from aetheris.cli._common import current_settings, err_console
+from aetheris.errors import ConfigError
+
+
+def bench(
+    scenarios: list[str] = typer.Argument(None, help=f"Any of: {', '.join(SCENARIOS)} (default: all)."),
+    out: Path | None = typer.Option(None, "--out", help="Also append the JSON lines to this file."),
+    jobs: int = typer.Option(500, "--jobs", min=1, help="Jobs of the throughput and scale runs."),
+    latency_jobs: int = typer.Option(200, "--latency-jobs", min=1),
+    long_steps: int = typer.Option(10_000, "--long-steps", min=2),
+    concurrent: int = typer.Option(100, "--concurrent", min=1),
+) -> None:
+    """Run benchmark scenarios on the embedded stack (or AETHERIS_* addresses); JSON on stdout."""
+    chosen = scenarios or list(SCENARIOS)
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown:
+        raise ConfigError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    sizes = Sizes(jobs=jobs, latency_jobs=latency_jobs, long_steps=long_steps,
+                  kill_at=long_steps // 2, concurrent=concurrent)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console) as progress:
+        task = progress.add_task("preparing", total=None)
+
+        def report(what: str, done: int, total: int) -> None:
+            progress.update(task, description=what, completed=done, total=total)
+
+        env = BenchEnv.create(current_settings(), lambda what: report(what, 0, 0))
+        context = {"system": "aetheris", "versions": versions(env), "machine": machine()}
+        try:
+            for name in chosen:
+                progress.update(task, description=name, completed=0, total=None)
+                for figures in SCENARIOS[name](env, sizes, report):
+                    _emit({"system": "aetheris", **figures, **context}, out)
+        finally:
+            env.stop_workers()
+
+
+def _emit(result: dict[str, object], out: Path | None) -> None:
+    line = json.dumps(result)
+    print(line, flush=True)
+    if out is not None:
+        with out.open("a") as handle:
+            handle.write(line + "\n")
