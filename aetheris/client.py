@@ -77,6 +77,7 @@ class AsyncClient:
         self._producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 0})
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._listener: asyncio.Future[None] | None = None
+        self._listen_lock = asyncio.Lock()
         self._query_conn: psycopg.AsyncConnection | None = None
 
     async def submit(
@@ -152,13 +153,14 @@ class AsyncClient:
 
     async def _listen(self) -> None:
         """Open (once) a listening connection whose notifications wake the waiting ``result``s."""
-        if self._listener is not None and not self._listener.done():
-            return
-        url = self.endpoints.database_url
-        self._query_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
-        listen_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
-        await listen_conn.execute("LISTEN aetheris_jobs")
-        self._listener = asyncio.ensure_future(self._dispatch(listen_conn))
+        async with self._listen_lock:  # many result() calls may start at once
+            if self._listener is not None and not self._listener.done():
+                return
+            url = self.endpoints.database_url
+            self._query_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            listen_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            await listen_conn.execute("LISTEN aetheris_jobs")
+            self._listener = asyncio.ensure_future(self._dispatch(listen_conn))
 
     async def _dispatch(self, conn: psycopg.AsyncConnection) -> None:
         async with conn:

@@ -72,7 +72,7 @@ async def load_steps(conn: psycopg.AsyncConnection, job_id: str, after_seq: int 
 _RETRIES_NOT_COMMITTED = 20
 
 
-def _not_committed(exc: psycopg.Error) -> bool:
+def not_committed(exc: psycopg.Error) -> bool:
     """The server reported the session ended before the statement committed (class 57P)."""
     return (exc.sqlstate or "").startswith("57P")
 
@@ -174,17 +174,18 @@ class FencedTransaction:
                     # The server said it terminated the session: the statement did not commit,
                     # so it is safe to send it again on another connection. Without such an
                     # answer the outcome is unknown and the caller must reload.
-                    if not _not_committed(exc) or attempt == _RETRIES_NOT_COMMITTED - 1:
+                    if not not_committed(exc) or attempt == _RETRIES_NOT_COMMITTED - 1:
                         raise
                     await asyncio.sleep(0.05 * attempt)
         except psycopg.Error as exc:
-            self._restore()
+            self.restore()
             raise (fenced_error(exc) or exc) from None
         except BaseException:
-            self._restore()
+            self.restore()
             raise
         return self.events
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put the job cursors back where they were: the transaction did not commit."""
         for cursor, seq, digest in self._saved.values():
             cursor.last_seq, cursor.last_hash = seq, digest

@@ -10,6 +10,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from aetheris.committer import GroupCommitter
 from aetheris.errors import FencedError, JobCancelled
 from aetheris.ledger import FencedTransaction
 from aetheris.llm import LlmProvider
@@ -32,6 +33,8 @@ class Runtime:
     draining: bool = False
     """Set on graceful shutdown: running jobs stop at their next step boundary."""
     wakeups: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    committer: GroupCommitter | None = None
+    """Group commit for job transactions (None: each commits on its own)."""
     tool_executor: Executor | None = None
     """Threads for sync tools (None: the loop's default executor)."""
     draining_partitions: set[int] = field(default_factory=set)
@@ -83,7 +86,7 @@ class Runtime:
             for deferred in handle.deferred:
                 deferred(tx)
             build(tx)
-            events = await tx.commit(self.pool)
+            events = await self.committer.commit(tx) if self.committer else await tx.commit(self.pool)
             handle.deferred.clear()
             self.publisher.publish(events)
         return events

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 
 from aetheris import leases
+from aetheris.committer import GroupCommitter
 from aetheris.config import Settings
 from aetheris.endpoints import Endpoints, resolve
 from aetheris.errors import FencedError, SerdeError
@@ -94,13 +95,15 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and run jobs until ``stop`` is set, then shut down gracefully."""
         self._loop = asyncio.get_running_loop()
+        # autocommit: a fenced commit is one statement, so its transaction needs no BEGIN/COMMIT
+        # round trips of its own.
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            self.endpoints.database_url, min_size=2, max_size=16, open=False,
-)
+            self.endpoints.database_url, min_size=4, max_size=16, open=False,
+            kwargs={"autocommit": True})
         await pool.open(wait=True, timeout=30)
         producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 1})
         publisher = OutboxPublisher(pool, producer, self.serde, topic_name(self.settings, EVENTS))
-        runtime = Runtime(self.worker_id, pool, publisher, self.llm,
+        runtime = Runtime(self.worker_id, pool, publisher, self.llm, committer=GroupCommitter(pool),
                           tool_executor=ThreadPoolExecutor(self.options.tool_threads, "aetheris-tool"))
         self.runtime = runtime
         self.processor = CommandProcessor(runtime, self.schedule, self._reject)
