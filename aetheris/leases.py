@@ -48,28 +48,23 @@ async def claim(conn: psycopg.AsyncConnection, partition: int, owner: str) -> in
 
 async def heartbeat(conn: psycopg.AsyncConnection, owner: str, epochs: dict[int, int]) -> None:
     """Refresh ``heartbeat_at`` of the partitions this owner still holds under these epochs."""
-    if not epochs:
-        return
-    await conn.execute(
-        """
-        UPDATE partition_leases SET heartbeat_at = now()
-         WHERE owner = %s AND (partition, epoch) IN (SELECT * FROM unnest(%s::int[], %s::bigint[]))
-        """,
-        (owner, list(epochs), list(epochs.values())),
-    )
+    # One row per statement (autocommit): a statement that locked several lease rows could
+    # deadlock with group commits, which hold share locks on several of them.
+    for partition, epoch in sorted(epochs.items()):
+        await conn.execute(
+            "UPDATE partition_leases SET heartbeat_at = now() "
+            "WHERE partition = %s AND epoch = %s AND owner = %s",
+            (partition, epoch, owner),
+        )
 
 
 async def release(conn: psycopg.AsyncConnection, owner: str, epochs: dict[int, int]) -> None:
     """Clear the owner of partitions given up cleanly (the epoch stays: it only ever grows)."""
-    if not epochs:
-        return
-    await conn.execute(
-        """
-        UPDATE partition_leases SET owner = NULL
-         WHERE owner = %s AND (partition, epoch) IN (SELECT * FROM unnest(%s::int[], %s::bigint[]))
-        """,
-        (owner, list(epochs), list(epochs.values())),
-    )
+    for partition, epoch in sorted(epochs.items()):  # one row per statement, as in heartbeat
+        await conn.execute(
+            "UPDATE partition_leases SET owner = NULL WHERE partition = %s AND epoch = %s AND owner = %s",
+            (partition, epoch, owner),
+        )
 
 
 def list_leases(conn: psycopg.Connection) -> list[Lease]:

@@ -26,6 +26,8 @@ from confluent_kafka import Producer
 from aetheris.kafka.messages import EVENT_TYPES, AvroRecord, JobEvent
 from aetheris.kafka.serde import AvroSerde
 
+MARK_INTERVAL_S = 0.05
+
 
 @dataclass
 class JobCursor:
@@ -170,6 +172,9 @@ class OutboxPublisher:
                 # adoption, which consumers dedupe by (job_id, seq)).
                 await asyncio.sleep(1)
                 self._wakeup.set()
+            # Marking is bookkeeping for adoption, not delivery (the producer sends on its own
+            # linger): doing it at most every MARK_INTERVAL_S keeps it off each step's path.
+            await asyncio.sleep(MARK_INTERVAL_S)
 
     async def flush(self) -> None:
         """Wait for delivery of everything queued so far and mark it published."""

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from aetheris.cli import bench, db, demo, dev, jobs, topics, worker
+from aetheris.cli import bench, db, demo, dev, jobs, streams, topics, worker
 from aetheris.errors import AetherisError, ConfigError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(db.app, name="db", help="Database migrations.")
 app.add_typer(jobs.jobs_app, name="jobs", help="Inspect jobs.")
 app.command("worker")(worker.worker)
 app.command("workers")(worker.workers)
+app.command("streams")(streams.streams)
 app.command("submit")(jobs.submit)
 app.command("confirm")(jobs.confirm)
 app.command("signal")(jobs.signal)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 import socket
 from collections import defaultdict
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from aetheris import leases
 from aetheris.committer import GroupCommitter
@@ -234,15 +236,29 @@ class Worker:
         runtime = self.runtime
         assert runtime is not None
         for partition in partitions:
-            async with runtime.pool.connection() as conn:
-                epoch = await leases.claim(conn, partition, self.worker_id)
-                runtime.epochs[partition] = epoch
-                handles = await load_open_jobs(conn, partition, epoch)
-            await runtime.publisher.publish_unpublished(partition)
-            if handles:
-                await self._claim_jobs(partition, epoch, handles)
-            log.info("partition adopted", partition=partition, epoch=epoch, jobs=len(handles))
+            # An assignment must not be lost to a passing database error (a restart, a
+            # deadlock victim): the consumer would own the partition with nobody running it.
+            for attempt in itertools.count():
+                try:
+                    await self._adopt_one(partition)
+                    break
+                except (psycopg.Error, PoolTimeout) as exc:
+                    runtime.lose(partition)
+                    log.warning("adoption failed; retrying", partition=partition, error=str(exc))
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5))
         OWNED_PARTITIONS.set(len(runtime.epochs))
+
+    async def _adopt_one(self, partition: int) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        async with runtime.pool.connection() as conn:
+            epoch = await leases.claim(conn, partition, self.worker_id)
+            runtime.epochs[partition] = epoch
+            handles = await load_open_jobs(conn, partition, epoch)
+        await runtime.publisher.publish_unpublished(partition)
+        if handles:
+            await self._claim_jobs(partition, epoch, handles)
+        log.info("partition adopted", partition=partition, epoch=epoch, jobs=len(handles))
 
     async def _claim_jobs(self, partition: int, epoch: int, handles: list[JobHandle]) -> None:
         runtime = self.runtime

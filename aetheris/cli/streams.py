@@ -1,0 +1,36 @@
+"""``aetheris streams``: run the stream processors (job state, query projections)."""
+
+from __future__ import annotations
+
+import typer
+
+from aetheris.cli._common import current_settings
+
+
+def streams(
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics."),
+    app_id: str | None = typer.Option(
+        None, "--app-id", help="faust app id (consumer group); default <topic prefix>aetheris-streams."),
+    stats_window: int = typer.Option(60, "--stats-window", min=1, help="Seconds per statistics window."),
+    terminal_retention: float = typer.Option(
+        24 * 3600.0, "--terminal-retention", min=0,
+        help="Seconds a finished job stays in job state before its tombstone."),
+    loglevel: str = typer.Option("warning", "--loglevel", help="faust log level."),
+) -> None:
+    """Consume the events topic into job state, the compacted job-state topic and projections."""
+    # faust is imported here: it is slow to import and only this command needs it.
+    import faust
+
+    from streams.app import StreamsOptions, build_app
+
+    settings = current_settings()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    options = StreamsOptions(app_name=app_id, stats_window_s=stats_window,
+                             terminal_retention_s=terminal_retention)
+    app = build_app(settings, options)
+    # faust's worker owns the event loop and the signal handling (SIGTERM stops it cleanly).
+    worker = faust.Worker(app, loglevel=loglevel)
+    worker.execute_from_commandline()

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the stream processors (served by ``aetheris streams --metrics-port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+EVENTS = Counter("aetheris_streams_events_total",
+                 "Events consumed from the events topic, by what the reducer did with them",
+                 ["outcome"])
+PROCESSING_RATE = Gauge("aetheris_streams_processing_rate",
+                        "Events processed per second over the last measuring interval")
+CONSUMER_LAG = Gauge("aetheris_streams_consumer_lag",
+                     "Events on the events topic not yet processed, per partition", ["partition"])
+JOBS_ON_GAP = Gauge("aetheris_streams_jobs_stuck_on_gap",
+                    "Jobs whose later events are buffered while an earlier seq is missing")
+OLDEST_GAP_SECONDS = Gauge("aetheris_streams_oldest_gap_seconds",
+                           "How long the longest-waiting job has been stuck on a gap")
+JOBS_TRACKED = Gauge("aetheris_streams_jobs_tracked", "Jobs held in the job-state table")
+TOMBSTONES = Counter("aetheris_streams_tombstones_total",
+                     "Terminal jobs removed from job state after the retention")
+PROJECTION_RETRIES = Counter("aetheris_streams_projection_retries_total",
+                             "Projection writes retried because PostgreSQL was unavailable")
