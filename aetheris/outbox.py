@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,9 +54,17 @@ class EventRow:
     payload: dict[str, Any]
     prev_hash: bytes | None
     hash: bytes
+    model: AvroRecord | None = field(default=None, compare=False, repr=False)
+    """The payload model this process built the row from (None for rows read back)."""
 
     def to_envelope(self) -> JobEvent:
         """The Avro envelope published to the events topic."""
+        if self.model is not None:
+            # Built here from a validated model: constructing it again would only cost time.
+            return JobEvent.model_construct(
+                tenant_id=self.tenant_id, job_id=self.job_id, seq=self.seq, epoch=self.epoch,
+                type=self.type, occurred_at=self.occurred_at, payload=self.model,
+                prev_hash=self.prev_hash.hex() if self.prev_hash else None, hash=self.hash.hex())
         return JobEvent(
             tenant_id=self.tenant_id, job_id=self.job_id, seq=self.seq, epoch=self.epoch,
             type=self.type, occurred_at=self.occurred_at,
@@ -67,7 +75,7 @@ class EventRow:
 
 def canonical_bytes(row: EventRow | dict[str, Any]) -> bytes:
     """The bytes an event's hash covers (everything but the hashes and the partition)."""
-    fields = row if isinstance(row, dict) else row.__dict__
+    fields = row if isinstance(row, dict) else vars(row)
     body = {
         "tenant_id": fields["tenant_id"], "job_id": fields["job_id"], "seq": fields["seq"],
         "epoch": fields["epoch"], "type": fields["type"],
@@ -92,7 +100,7 @@ def next_event(cursor: JobCursor, epoch: int, payload: AvroRecord, at: datetime 
         "occurred_at": moment, "payload": payload.model_dump(mode="json"),
     }
     digest = chain_hash(cursor.last_hash, canonical_bytes(fields))
-    row = EventRow(**fields, prev_hash=cursor.last_hash, hash=digest)
+    row = EventRow(**fields, prev_hash=cursor.last_hash, hash=digest, model=payload)
     cursor.last_seq, cursor.last_hash = row.seq, digest
     return row
 

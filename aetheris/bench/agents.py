@@ -27,7 +27,7 @@ async def simple(ctx: Context, n: int, idempotent: bool = False) -> list[dict[st
 
 
 @tool
-def counted_step(step: int) -> int:
+async def counted_step(step: int) -> int:
     """Appends one line per execution to AETHERIS_BENCH_COUNT_FILE (O_APPEND), for re-execution counts."""
     path = os.environ.get("AETHERIS_BENCH_COUNT_FILE")
     if path:
