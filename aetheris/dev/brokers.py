@@ -176,7 +176,10 @@ class KafkaBroker:
 
     def _ready(self) -> bool:
         if self.process.pid() is None:
-            raise InfrastructureError(f"Apache Kafka exited; see {self.dir / 'server.log'}")
+            tail = "\n".join(
+                line for log in (self.process.log_file, self.dir / "server.log") if log.exists()
+                for line in log.read_text(errors="replace").splitlines()[-8:])
+            raise InfrastructureError(f"Apache Kafka exited; last log lines:\n{tail}")
         return port_open("127.0.0.1", self.port)
 
     def stop(self) -> None:
