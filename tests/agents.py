@@ -6,6 +6,7 @@ AETHERIS_TEST_EFFECTS_URL, so tests count executions exactly.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -171,3 +172,41 @@ async def thinker(ctx: Context, question: str) -> dict[str, object]:
     await ctx.reason("answered", **seen)
     await ctx.confirm("send the answer?")
     return {"answer": answer.content, "tokens": answer.usage.completion_tokens, "seen": seen}
+
+
+@tool
+async def many_step(i: int) -> int:
+    """A fast non-idempotent step: appends ``i`` to the file AETHERIS_TEST_COUNT_FILE (O_APPEND).
+
+    One ``write`` of one short line per execution, so the lines count executions exactly even
+    when the process is SIGKILLed right after.
+    """
+    fd = os.open(os.environ["AETHERIS_TEST_COUNT_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{i}\n".encode())
+    finally:
+        os.close(fd)
+    return i
+
+
+@agent(name="many_steps")
+async def many_steps(ctx: Context, count: int) -> int:
+    """``count`` sequential :func:`many_step` tool steps; returns the sum of their results."""
+    total = 0
+    for i in range(count):
+        total += await ctx.tool(many_step, i=i)
+    return total
+
+
+@tool(timeout_s=0.2, retry=RetryPolicy(max_attempts=2, backoff_s=0.01))
+async def slow(job_id: str) -> str:
+    """Always outlives its timeout."""
+    _record(job_id, "slow")
+    await asyncio.sleep(5)
+    return "never"
+
+
+@agent(name="too_slow")
+async def too_slow(ctx: Context) -> str:
+    """A tool that times out on every attempt."""
+    return await ctx.tool(slow, job_id=ctx.job_id)

@@ -132,3 +132,35 @@ def test_durable_timer(stack: Stack) -> None:
     types = history_types(stack, job_id)
     assert types.count("TimerSet") == 1 and types.count("TimerFired") == 1
     assert stack.effects(job_id) == 2
+
+
+def test_step_timeout_is_retried_then_fails(stack: Stack) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("too_slow", {}, tenant="acme")
+        with pytest.raises(JobFailedError) as info:
+            client.result(job_id, timeout=60)
+    assert info.value.error_type == "aetheris.errors.StepTimeoutError"
+    assert "timed out after 0.2s" in info.value.message
+    assert stack.effects(job_id) == 2  # max_attempts
+
+
+def test_cancel_a_running_job(stack: Stack) -> None:
+    from aetheris import JobCancelledError
+
+    hold = stack.tmp / "hold"
+    hold.touch()
+    stack.start_worker(AETHERIS_TEST_HOLD=str(hold))
+    with Client(stack.settings) as client:
+        job_id = client.submit("steps", {"count": 3}, tenant="acme")
+        entered = stack.tmp / "hold.entered"
+        stack.wait(lambda: entered.exists(), 30, "tool never started")
+        client.cancel(job_id, reason="stop")
+        with pytest.raises(JobCancelledError):
+            client.result(job_id, timeout=60)
+        hold.unlink()
+    # The tool that was running when the cancel arrived finishes its one execution; no later
+    # step starts.
+    stack.wait(lambda: stack.effects(job_id) == 1, 30, "the running tool never finished")
+    assert history_types(stack, job_id)[-1] == "JobCancelled"
+    assert stack.query("SELECT status FROM jobs WHERE job_id = %s", job_id) == [("CANCELLED",)]
