@@ -154,7 +154,7 @@ def test_cancel_a_running_job(stack: Stack) -> None:
     with Client(stack.settings) as client:
         job_id = client.submit("steps", {"count": 3}, tenant="acme")
         entered = stack.tmp / "hold.entered"
-        stack.wait(lambda: entered.exists(), 30, "tool never started")
+        stack.wait(entered.exists, 30, "tool never started")
         client.cancel(job_id, reason="stop")
         with pytest.raises(JobCancelledError):
             client.result(job_id, timeout=60)
