@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     session_timeout_ms: int | None = Field(default=None, ge=1000, le=300_000)
     """Consumer-group session timeout of workers (default: the broker profile's)."""
 
+    snapshot_every: int = Field(default=500, ge=1)
+    """The stream processor snapshots a job's replay context every this many events (and on parking)."""
+
     llm_base_url: str | None = None
     """OpenAI-compatible chat-completions base URL (e.g. ``https://api.openai.com/v1``)."""
 

@@ -16,6 +16,10 @@ STEP_SECONDS = Histogram("aetheris_step_seconds", "Duration of executed steps", 
 OWNED_PARTITIONS = Gauge("aetheris_owned_partitions", "Partitions this worker owns")
 ACTIVE_JOBS = Gauge("aetheris_active_jobs", "Non-terminal jobs held by this worker")
 FENCED = Counter("aetheris_fenced_total", "Writes rejected by the fencing check")
+REPLAY_LEDGER_ROWS = Counter("aetheris_replay_ledger_rows_total",
+                             "Ledger rows read to build replay contexts (after the snapshot, if any)")
+REPLAY_SNAPSHOT_STEPS = Counter("aetheris_replay_snapshot_steps_total",
+                                "Steps of replay contexts that came from a snapshot instead of the ledger")
 
 
 def configure_logging(level: str = "INFO", json: bool = False) -> None:

@@ -7,7 +7,11 @@ Per event, in this order (the order is what makes restarts safe):
    events beyond a gap are buffered in the record;
 2. write the projections (:mod:`streams.projector`), idempotent by ``job_index.last_seq``;
 3. store the record in the table (its changelog is faust's recovery log) and publish the state
-   to the compacted ``aetheris.job-state.v1`` (key job_id, on the job's own partition).
+   to the compacted ``aetheris.job-state.v1`` (key job_id, on the job's own partition);
+4. every ``snapshot_every`` events of a job and whenever it parks, snapshot its replay context
+   from the ledger (:mod:`aetheris.snapshots`) into ``job_snapshots`` and, as a readable summary,
+   to the compacted ``aetheris.job-snapshots.v1``. A snapshot only ever grows (it is stored
+   only if it covers more), so redelivered events cannot make it go back.
 
 faust flushes its producer (changelog and state topic) before it commits the source offset, so
 after a SIGKILL the table recovered from the changelog is at least as new as the committed offset,
@@ -15,7 +19,8 @@ and the projections at least as new as the table; the events re-delivered after 
 offset are then duplicates for whichever of the two already has them.
 
 A timer removes terminal jobs from the table after the retention (a tombstone on the changelog
-and on the job-state topic), and measures gaps, lag and the processing rate.
+and on the job-state topic), and measures gaps, lag and the processing rate. Another compacts
+the ledger (:mod:`aetheris.compaction`) when enabled.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -37,11 +43,12 @@ from aetheris.endpoints import Endpoints, resolve
 from aetheris.errors import SerdeError
 from aetheris.kafka.messages import JobEvent, JobState
 from aetheris.kafka.serde import AvroSerde
-from aetheris.kafka.topics import EVENTS, JOB_STATE, topic_name
+from aetheris.kafka.topics import EVENTS, JOB_SNAPSHOTS, JOB_STATE, topic_name
 from aetheris.outbox import EventRow
+from aetheris.snapshots import Snapshot, snapshot_message, take_snapshot
 from streams import metrics
 from streams.projector import project
-from streams.reducer import TERMINAL, Applied, JobRecord, Outcome, apply
+from streams.reducer import TERMINAL, Applied, JobRecord, Outcome, apply, wants_snapshot
 
 log = logging.getLogger("aetheris.streams")
 
@@ -88,6 +95,12 @@ class StreamsOptions:
     """How long a terminal job stays in the table and on the job-state topic before its tombstone."""
     housekeeping_interval_s: float = 5.0
     """How often gaps, lag and rate are measured and expired jobs tombstoned."""
+    snapshot_every: int | None = None
+    """Snapshot a job every this many events (and on parking); default ``Settings.snapshot_every``."""
+    compact_older_than_s: float | None = 24 * 3600.0
+    """Compact snapshot-covered ledger steps finished longer ago than this; None: no compaction."""
+    compact_interval_s: float = 300.0
+    """How often the compaction runs."""
 
 
 # -- the table value: a JobRecord plus the partition the job lives on -----------------------
@@ -120,9 +133,11 @@ class Processor:
     """Applies events to the table and the projections; owns the Postgres connection."""
 
     def __init__(self, settings: Settings, endpoints: Endpoints, options: StreamsOptions,
-                 table: Any, state_topic: Any) -> None:
+                 table: Any, state_topic: Any, snapshot_topic: Any = None) -> None:
         self.settings = settings
         self.options = options
+        self.snapshot_every = options.snapshot_every or settings.snapshot_every
+        self.snapshot_topic = snapshot_topic
         self.database_url = endpoints.database_url
         self.serde = AvroSerde(registry_url=endpoints.schema_registry_url)
         self.table = table
@@ -150,6 +165,7 @@ class Processor:
         job_key = event.job_id.encode()
         stored = self.table.get(job_key)
         record = decode_record(event.job_id, stored, self.serde)[0] if stored is not None else None
+        before_seq = record.last_seq if record is not None else 0
         result = apply(record, event)
         metrics.EVENTS.labels(result.outcome.value).inc()
         if result.outcome == Outcome.BUFFERED:
@@ -163,7 +179,50 @@ class Processor:
         if result.outcome == Outcome.APPLIED and result.record.state is not None:
             await self.state_topic.send(key=job_key, value=self.serde.encode_model(result.record.state),
                                         partition=partition)
+        if wants_snapshot(before_seq, result, self.snapshot_every):
+            await self.snapshot(event.job_id)
         return result.outcome
+
+    async def snapshot(self, job_id: str) -> Snapshot | None:
+        """Snapshot a job from the authoritative ledger; store and publish it if it grew."""
+        began = time.perf_counter()
+        taken: Snapshot | None = await self._with_database(lambda conn: take_snapshot(conn, job_id))
+        if taken is None:
+            return None
+        metrics.SNAPSHOT_SECONDS.observe(time.perf_counter() - began)
+        metrics.SNAPSHOTS.labels("streams").inc()
+        await self.publish_snapshot(taken)
+        return taken
+
+    async def publish_snapshot(self, snapshot: Snapshot) -> None:
+        """The snapshot's summary to the compacted snapshots topic (key job_id)."""
+        if self.snapshot_topic is None:
+            return
+        # On the job's own partition, like the job state: a partition is a shard.
+        await self.snapshot_topic.send(key=snapshot.job_id.encode(),
+                                       value=snapshot_message(snapshot, self.serde.encode_model),
+                                       partition=snapshot.partition)
+
+    async def compact(self) -> None:
+        """One compaction run (its own autocommit connection: short per-job transactions)."""
+        from aetheris.compaction import compact_ledger
+
+        older_than = self.options.compact_older_than_s
+        if older_than is None:
+            return
+        try:
+            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                done = await compact_ledger(conn, timedelta(seconds=older_than))
+        except psycopg.Error as exc:
+            log.warning("ledger compaction failed; retrying at the next interval: %s", exc)
+            return
+        metrics.COMPACTED_ROWS.inc(done.rows)
+        for snapshot in done.snapshots:
+            metrics.SNAPSHOTS.labels("compaction").inc()
+            await self.publish_snapshot(snapshot)
+        if done.rows or done.snapshots:
+            log.info("ledger compaction: %s rows of %s jobs archived, %s final snapshots",
+                     done.rows, done.jobs, len(done.snapshots))
 
     async def _fill_gap(self, buffered: Applied) -> Applied:
         """Fetch the missing events of a gap from ``job_events``, the authoritative history.
@@ -280,8 +339,10 @@ def build_app(settings: Settings, options: StreamsOptions | None = None) -> faus
     state_topic = app.topic(topic_name(settings, JOB_STATE), key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
     # key = job_id, value = encode_record(); raw bytes (the app's default serializers).
+    snapshot_topic = app.topic(topic_name(settings, JOB_SNAPSHOTS), key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw")
     table = app.Table("jobs", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    processor = Processor(settings, endpoints, options, table, state_topic)
+    processor = Processor(settings, endpoints, options, table, state_topic, snapshot_topic)
     app.aetheris_processor = processor  # type: ignore[attr-defined]  # for tests and tooling
 
     @app.agent(events_topic)
@@ -301,6 +362,12 @@ def build_app(settings: Settings, options: StreamsOptions | None = None) -> faus
         metrics.PROCESSING_RATE.set((processor.processed - rate["count"]) / max(now - rate["at"], 1e-6))
         rate.update(at=now, count=processor.processed)
         await _measure_lag(app, events_topic.get_topic_name(), processor)
+
+    if options.compact_older_than_s is not None:
+
+        @app.timer(options.compact_interval_s)
+        async def compaction() -> None:
+            await processor.compact()
 
     return app
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("aetheris_streams_events_total",
                  "Events consumed from the events topic, by what the reducer did with them",
@@ -20,3 +20,9 @@ TOMBSTONES = Counter("aetheris_streams_tombstones_total",
                      "Terminal jobs removed from job state after the retention")
 PROJECTION_RETRIES = Counter("aetheris_streams_projection_retries_total",
                              "Projection writes retried because PostgreSQL was unavailable")
+SNAPSHOTS = Counter("aetheris_streams_snapshots_total",
+                    "Job snapshots written to job_snapshots and the snapshots topic", ["trigger"])
+SNAPSHOT_SECONDS = Histogram("aetheris_streams_snapshot_seconds",
+                             "Time to build and store one snapshot (ledger read, encode, upsert)")
+COMPACTED_ROWS = Counter("aetheris_streams_compacted_ledger_rows_total",
+                         "Ledger rows whose args/result/error moved to ledger_archive")

@@ -136,6 +136,30 @@ def derive_state(events: list[JobEvent]) -> JobState | None:
     return record.state if record is not None else None
 
 
+def parks(event: JobEvent) -> bool:
+    """True for an event that parks its job (a confirmation, a timer, a signal wait, in doubt)."""
+    match event.payload:
+        case ConfirmationRequested() | TimerSet() | ToolInDoubt():
+            return True
+        case StepStarted(kind=kind):
+            return kind in _WAITING_KIND
+        case _:
+            return False
+
+
+def wants_snapshot(before_seq: int, applied: Applied, every: int) -> bool:
+    """Whether the events just applied call for a snapshot of the job's replay context.
+
+    Every ``every`` events (the job's last seq crossed a multiple of it) and whenever it parks:
+    a parked job is reloaded later, possibly by another worker.
+    """
+    if applied.outcome != Outcome.APPLIED:
+        return False
+    if applied.record.last_seq // every > before_seq // every:
+        return True
+    return any(parks(event) for event in applied.applied)
+
+
 def step_kind(step_key: str) -> StepKind | None:
     """The kind encoded in a step key (``position:kind:name:hash``), if it is one."""
     parts = step_key.split(":")

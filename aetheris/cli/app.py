@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from aetheris.cli import bench, db, demo, dev, jobs, streams, topics, worker
+from aetheris.cli import bench, db, demo, dev, jobs, ledger, streams, topics, worker
 from aetheris.errors import AetherisError, ConfigError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(dev.app, name="dev", help="Run the embedded stack (broker + Postgr
 app.add_typer(topics.app, name="topics", help="Create and check the Kafka topics.")
 app.add_typer(db.app, name="db", help="Database migrations.")
 app.add_typer(jobs.jobs_app, name="jobs", help="Inspect jobs.")
+app.add_typer(ledger.app, name="ledger", help="Ledger maintenance (compaction).")
 app.command("worker")(worker.worker)
 app.command("workers")(worker.workers)
 app.command("streams")(streams.streams)

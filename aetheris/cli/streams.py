@@ -1,4 +1,5 @@
-"""``aetheris streams``: run the stream processors (job state, query projections)."""
+"""``aetheris streams``: run the stream processors (job state, snapshots, query projections, and
+ledger compaction on a timer)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,20 @@ def streams(
     terminal_retention: float = typer.Option(
         24 * 3600.0, "--terminal-retention", min=0,
         help="Seconds a finished job stays in job state before its tombstone."),
+    snapshot_every: int | None = typer.Option(
+        None, "--snapshot-every", min=1,
+        help="Snapshot a job's replay context every N events (and on parking); "
+             "default AETHERIS_SNAPSHOT_EVERY (500)."),
+    compact: bool = typer.Option(
+        True, "--compact/--no-compact", help="Move snapshot-covered ledger payloads to ledger_archive."),
+    compact_older_than: float = typer.Option(
+        24 * 3600.0, "--compact-older-than", min=0,
+        help="Seconds since a covered step finished before it is compacted."),
+    compact_interval: float = typer.Option(300.0, "--compact-interval", min=1,
+                                           help="Seconds between compaction runs."),
     loglevel: str = typer.Option("warning", "--loglevel", help="faust log level."),
 ) -> None:
-    """Consume the events topic into job state, the compacted job-state topic and projections."""
+    """Consume the events topic into job state, snapshots and projections; compact the ledger."""
     # faust is imported here: it is slow to import and only this command needs it.
     import faust
 
@@ -29,7 +41,9 @@ def streams(
 
         start_http_server(metrics_port)
     options = StreamsOptions(app_name=app_id, stats_window_s=stats_window,
-                             terminal_retention_s=terminal_retention)
+                             terminal_retention_s=terminal_retention, snapshot_every=snapshot_every,
+                             compact_older_than_s=compact_older_than if compact else None,
+                             compact_interval_s=compact_interval)
     app = build_app(settings, options)
     # faust's worker owns the event loop and the signal handling (SIGTERM stops it cleanly).
     worker = faust.Worker(app, loglevel=loglevel)

@@ -164,6 +164,8 @@ class JobSnapshot(AvroRecord):
     covers_seq: int = Field(ge=0)
     created_at: Timestamp
     steps: list[StepOutcome] = Field(default_factory=list)
+    omitted_steps: int = Field(default=0, ge=0)
+    """Oldest covered outcomes left out of ``steps`` to fit the topic's message size."""
 
 
 __all__ = [

@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import structlog
 
-from aetheris.ledger import load_steps
+from aetheris.observability import REPLAY_LEDGER_ROWS, REPLAY_SNAPSHOT_STEPS
 from aetheris.outbox import JobCursor
+from aetheris.snapshots import load_replay_context
 from aetheris.worker.handle import JobHandle
+
+log = structlog.get_logger("aetheris.worker")
+
+_LOG_REPLAYS_FROM = 100
+"""Replay contexts of at least this many steps are logged at info (smaller ones at debug)."""
 
 _JOB_COLUMNS = ("job_id, tenant_id, agent, partition, input, status, created_at, waiting_reason, "
                 "last_seq, last_hash")
@@ -19,8 +26,15 @@ async def _handle(conn: psycopg.AsyncConnection, row: tuple[Any, ...], epoch: in
     cursor = JobCursor(job_id, tenant_id, partition, seq, bytes(digest) if digest else None)
     handle = JobHandle(job_id, tenant_id, agent, partition, input_, status, created_at, cursor,
                        epoch=epoch, waiting_reason=waiting)
-    for step in await load_steps(conn, job_id):
+    # The latest snapshot plus the ledger rows after it: a long job is not re-read row by row.
+    context = await load_replay_context(conn, job_id)
+    for step in context.steps:
         handle.add_step(step)
+    REPLAY_SNAPSHOT_STEPS.inc(context.snapshot_steps)
+    REPLAY_LEDGER_ROWS.inc(context.ledger_rows)
+    emit = log.info if len(context.steps) >= _LOG_REPLAYS_FROM else log.debug
+    emit("replay context loaded", job_id=job_id, snapshot_steps=context.snapshot_steps,
+         ledger_rows=context.ledger_rows, covers_seq=context.covers_seq)
     return handle
 
 
