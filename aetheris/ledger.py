@@ -159,7 +159,6 @@ class FencedTransaction:
     def event(self, cursor: JobCursor, payload: AvroRecord, at: datetime | None = None) -> EventRow:
         """Append the job's next event; ``cursor`` rolls back if the transaction fails."""
         self._saved.setdefault(id(cursor), (cursor, cursor.last_seq, cursor.last_hash))
-        self._jobs.setdefault(cursor.job_id, (cursor, {}))
         row = next_event(cursor, self.epoch, payload, at)
         self.events.append(row)
         return row
@@ -188,7 +187,12 @@ class FencedTransaction:
             "consumed_by": step.consumed_by, "finished_at": _time(step.finished_at)})
 
     def update_job(self, cursor: JobCursor, **columns: Any) -> None:
-        """Set job columns; written at commit together with the chain position."""
+        """Set job columns, written at commit with the chain position of that moment.
+
+        Appending events alone leaves the jobs row untouched: rewriting that one row on every
+        step bloated it and made each commit slower as a long job went on. The head of the
+        chain is read from job_events when a job is loaded.
+        """
         self._jobs.setdefault(cursor.job_id, (cursor, {}))[1].update(columns)
 
     def document(self) -> dict[str, Any]:

@@ -17,8 +17,14 @@ log = structlog.get_logger("aetheris.worker")
 _LOG_REPLAYS_FROM = 100
 """Replay contexts of at least this many steps are logged at info (smaller ones at debug)."""
 
-_JOB_COLUMNS = ("job_id, tenant_id, agent, partition, input, status, created_at, waiting_reason, "
-                "last_seq, last_hash")
+# The chain's head comes from job_events (authoritative), not from the jobs row.
+_SELECT_JOBS = """
+SELECT j.job_id, j.tenant_id, j.agent, j.partition, j.input, j.status, j.created_at,
+       j.waiting_reason, coalesce(e.seq, 0), e.hash
+  FROM jobs j
+  LEFT JOIN LATERAL (SELECT seq, hash FROM job_events WHERE job_id = j.job_id
+                      ORDER BY seq DESC LIMIT 1) e ON true
+"""
 
 
 async def _handle(conn: psycopg.AsyncConnection, row: tuple[Any, ...], epoch: int) -> JobHandle:
@@ -41,8 +47,8 @@ async def _handle(conn: psycopg.AsyncConnection, row: tuple[Any, ...], epoch: in
 async def load_open_jobs(conn: psycopg.AsyncConnection, partition: int, epoch: int) -> list[JobHandle]:
     """Every non-terminal job of a partition, with its ledger, for the ownership ``epoch``."""
     cursor = await conn.execute(
-        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE partition = %s "
-        "AND status IN ('SUBMITTED', 'RUNNING', 'WAITING') ORDER BY created_at",
+        _SELECT_JOBS + " WHERE j.partition = %s AND j.status IN ('SUBMITTED', 'RUNNING', 'WAITING') "
+        "ORDER BY j.created_at",
         (partition,),
     )
     return [await _handle(conn, row, epoch) for row in await cursor.fetchall()]
@@ -50,7 +56,7 @@ async def load_open_jobs(conn: psycopg.AsyncConnection, partition: int, epoch: i
 
 async def reload(conn: psycopg.AsyncConnection, handle: JobHandle) -> None:
     """Refresh a handle from Postgres after a write whose outcome this process cannot know."""
-    cursor = await conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s", (handle.job_id,))
+    cursor = await conn.execute(_SELECT_JOBS + " WHERE j.job_id = %s", (handle.job_id,))
     row = await cursor.fetchone()
     if row is None:
         return
