@@ -25,6 +25,7 @@ REPLAY_SNAPSHOT_STEPS = Counter("aetheris_replay_snapshot_steps_total",
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
     """Structured logs on stderr: key=value for people, JSON lines for machines."""
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
+    logging.getLogger("aetheris.kafka").setLevel(logging.WARNING)
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[

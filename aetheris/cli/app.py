@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -36,6 +37,9 @@ app.command("bench")(bench.bench)
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    # Transient client warnings ("coordinator load in progress") are noise in a one-shot command;
+    # long-running roles (worker, streams) configure logging themselves and keep them.
+    logging.getLogger("aetheris.kafka").setLevel(logging.ERROR)
     try:
         result = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:

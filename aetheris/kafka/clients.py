@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
+
+# librdkafka's own log lines go through Python logging (not straight to stderr), so each
+# process decides what to show: workers log them, one-shot CLI commands only errors.
+KAFKA_LOG = logging.getLogger("aetheris.kafka")
 
 # Every producer uses murmur2_random so Python, Java (its default partitioner) and faust agree on
 # tenant_id -> partition: co-partitioning is what makes a partition a shard.
@@ -20,6 +25,7 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
+        "logger": KAFKA_LOG,
         **overrides,
     }
 
@@ -32,6 +38,7 @@ def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        "logger": KAFKA_LOG,
         **overrides,
     }
 
@@ -48,4 +55,5 @@ def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
 
 def make_admin(bootstrap: str) -> AdminClient:
     """An admin client."""
-    return AdminClient({"bootstrap.servers": bootstrap})
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": KAFKA_LOG}
+    return AdminClient(config)
