@@ -16,6 +16,7 @@ app = typer.Typer(no_args_is_help=True)
 @app.command()
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Start in the background and return."),
+    streams: bool = typer.Option(True, "--streams/--no-streams", help="Also run the stream processors."),
 ) -> None:
     """Start the broker and PostgreSQL, create the topics, apply migrations."""
     settings = current_settings()
@@ -23,7 +24,7 @@ def up(
     if stack.broker.profile.limits:
         err_console.print(f"note: no Java found, using {stack.broker.profile.limits}", markup=False)
     with console.status("starting") as status:
-        state = stack.up(lambda what: status.update(f"starting {what}"))
+        state = stack.up(lambda what: status.update(f"starting {what}"), streams=streams)
     _print_state(state, settings.home)
     if detach:
         console.print("running in the background; stop with [bold]aetheris dev down[/]")

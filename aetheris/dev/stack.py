@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +13,7 @@ from aetheris.config import Settings
 from aetheris.db.migrate import migrate
 from aetheris.dev.brokers import PROFILES, BrokerKind, EmbeddedBroker, make_broker
 from aetheris.dev.postgres import EmbeddedPostgres
+from aetheris.dev.process import PidFileProcess
 from aetheris.kafka.clients import make_admin
 from aetheris.kafka.topics import ensure_topics, topic_specs
 
@@ -35,8 +38,10 @@ class DevStack:
         kind = previous.broker if previous is not None and settings.broker == "auto" else settings.broker
         self.broker: EmbeddedBroker = make_broker(kind, self.home, settings.dev_kafka_port)
         self.postgres = EmbeddedPostgres(self.home, settings.dev_postgres_port)
+        self.streams = PidFileProcess(self.home / "streams" / "streams.pid",
+                                      self.home / "streams" / "streams.log", "aetheris streams")
 
-    def up(self, step: Callable[[str], None] = lambda _: None) -> StackState:
+    def up(self, step: Callable[[str], None] = lambda _: None, *, streams: bool = True) -> StackState:
         """Start whatever is not running, create topics, apply migrations; idempotent."""
         self.home.mkdir(parents=True, exist_ok=True)
         step("PostgreSQL")
@@ -49,10 +54,25 @@ class DevStack:
         ensure_topics(make_admin(state.bootstrap), topic_specs(self.settings))
         step("migrations")
         migrate(state.database_url)
+        if streams and self.streams.pid() is None:
+            step("stream processors")
+            self._start_streams(state)
         return state
 
+    def _start_streams(self, state: StackState) -> None:
+        """The stream processors (job state, snapshots, projections) as a background process."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AETHERIS_")}
+        env.update({"AETHERIS_KAFKA_BOOTSTRAP": state.bootstrap,
+                    "AETHERIS_DATABASE_URL": state.database_url,
+                    "AETHERIS_HOME": str(self.home),
+                    "AETHERIS_PARTITIONS": str(self.settings.partitions),
+                    "AETHERIS_TOPIC_PREFIX": self.settings.topic_prefix,
+                    "AETHERIS_BROKER": state.broker})
+        self.streams.spawn([sys.executable, "-m", "aetheris", "streams"], env=env)
+
     def down(self) -> None:
-        """Stop the broker and PostgreSQL; their data stays under ``$AETHERIS_HOME``."""
+        """Stop the stream processors, the broker and PostgreSQL; data stays in ``$AETHERIS_HOME``."""
+        self.streams.stop()
         self.broker.stop()
         self.postgres.stop()
         self.state_file.unlink(missing_ok=True)
@@ -62,6 +82,7 @@ class DevStack:
         return {
             f"broker ({self.broker.profile.kind}) {self.broker.bootstrap}": self.broker.running(),
             f"postgres {self.postgres.url}": self.postgres.running(),
+            f"streams (log {self.streams.log_file})": self.streams.pid() is not None,
         }
 
     def read_state(self) -> StackState | None:

@@ -48,7 +48,9 @@ def test_up_status_down_up_keeps_data_and_topics(dev_env: dict[str, str]) -> Non
         up = aetheris(dev_env, "dev", "up", "--detach")
         assert up.returncode == 0, up.stderr
         assert f"127.0.0.1:{settings.dev_kafka_port}" in up.stdout
-        assert aetheris(dev_env, "dev", "status").returncode == 0
+        status = aetheris(dev_env, "dev", "status")
+        assert status.returncode == 0, status.stdout
+        assert "running  streams" in status.stdout
         state = DevStack(settings).running_state()
         assert state is not None and state.broker == "kafka"
         with psycopg.connect(state.database_url, autocommit=True) as conn:
@@ -60,9 +62,12 @@ def test_up_status_down_up_keeps_data_and_topics(dev_env: dict[str, str]) -> Non
         assert topics.stdout.count("exists") == 5
         assert aetheris(dev_env, "db", "migrate").returncode == 0
 
+        # The stream processors consumed the events topic meanwhile (still running = healthy).
+        assert "running  streams" in aetheris(dev_env, "dev", "status").stdout
         down = aetheris(dev_env, "dev", "down")
         assert down.returncode == 0, down.stderr
-        assert aetheris(dev_env, "dev", "status").returncode == 1
+        stopped = aetheris(dev_env, "dev", "status")
+        assert stopped.returncode == 1 and stopped.stdout.count("stopped") == 3
 
         assert aetheris(dev_env, "dev", "up", "--detach").returncode == 0
         with psycopg.connect(state.database_url) as conn:
