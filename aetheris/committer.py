@@ -11,12 +11,11 @@ import asyncio
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from aetheris.errors import AetherisError, FencedError
 from aetheris.leases import FENCED_SQLSTATE
-from aetheris.ledger import FencedTransaction, not_committed
+from aetheris.ledger import FencedTransaction, jsonb, not_committed
 from aetheris.outbox import EventRow
 
 MAX_GROUP = 64
@@ -86,18 +85,30 @@ class GroupCommitter:
                     done.set_exception(GroupCommitError(outcome))
 
     async def _send(self, group: list[tuple[FencedTransaction, asyncio.Future[None]]]) -> list[str | None]:
-        items = Jsonb([{"partition": tx.partition, "epoch": tx.epoch, "batch": tx.document()}
-                       for tx, _ in group])
+        if len(group) == 1:
+            # A lone transaction needs no subtransaction to keep its failure to itself.
+            tx = group[0][0]
+            statement = "SELECT aetheris_commit(%s, %s, %s)"
+            params: tuple[Any, ...] = (tx.partition, tx.epoch, jsonb(tx.document()))
+        else:
+            statement = "SELECT aetheris_commit_many(%s)"
+            params = (jsonb([{"partition": tx.partition, "epoch": tx.epoch, "batch": tx.document()}
+                             for tx, _ in group]),)
         for attempt in range(20):
             try:
                 async with self.pool.connection() as conn:
-                    cursor = await conn.execute("SELECT aetheris_commit_many(%s)", (items,))
+                    cursor = await conn.execute(statement, params)
                     row = await cursor.fetchone()
-                assert row is not None
-                return list(row[0])
             except psycopg.OperationalError as exc:
                 # Resent only when the server said it did not run it; otherwise unknown.
                 if not not_committed(exc) or attempt == 19:
                     raise
                 await asyncio.sleep(0.05 * attempt)
+                continue
+            except psycopg.Error as exc:
+                if len(group) > 1 or not exc.sqlstate:
+                    raise
+                return [f"{exc.sqlstate}:{exc.diag.message_primary or exc}"]
+            assert row is not None
+            return [None] if len(group) == 1 else list(row[0])
         raise AssertionError("unreachable")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -28,6 +30,20 @@ STARTED, COMPLETED, FAILED, IN_DOUBT = "started", "completed", "failed", "in_dou
 def canonical_json(value: Any) -> str:
     """Sorted-key compact JSON: the form that is hashed and compared."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _transport_json(value: Any) -> bytes | str:
+    # orjson is several times faster than the json module; values it does not take (integers
+    # beyond 64 bits, say) go the slow way. Only hashes need canonical_json's exact bytes.
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False)
+
+
+def jsonb(value: Any) -> Jsonb:
+    """``value`` as a jsonb query parameter (the documents of fenced commits are big and hot)."""
+    return Jsonb(value, dumps=_transport_json)
 
 
 def args_hash(value: Any) -> bytes:
@@ -146,6 +162,8 @@ class FencedTransaction:
     epoch: int
     events: list[EventRow] = field(default_factory=list)
     notify: list[str] = field(default_factory=list)
+    committed: list[Callable[[], None]] = field(default_factory=list)
+    """Called once the transaction has committed."""
     _new_jobs: list[dict[str, Any]] = field(default_factory=list)
     _new_steps: list[dict[str, Any]] = field(default_factory=list)
     _step_updates: list[dict[str, Any]] = field(default_factory=list)
@@ -154,7 +172,8 @@ class FencedTransaction:
 
     @property
     def empty(self) -> bool:
-        return not (self._new_jobs or self._new_steps or self._step_updates or self._jobs)
+        return not (self._new_jobs or self._new_steps or self._step_updates or self._jobs
+                    or self.events or self.notify)
 
     def event(self, cursor: JobCursor, payload: AvroRecord, at: datetime | None = None) -> EventRow:
         """Append the job's next event; ``cursor`` rolls back if the transaction fails."""
@@ -215,7 +234,7 @@ class FencedTransaction:
 
     async def commit(self, pool: AsyncConnectionPool[Any]) -> list[EventRow]:
         """One statement in its own transaction. Raises FencedError when the epoch is stale."""
-        document = Jsonb(self.document())
+        document = jsonb(self.document())
         try:
             for attempt in range(_RETRIES_NOT_COMMITTED):
                 try:

@@ -141,19 +141,41 @@ class OutboxPublisher:
         self.producer = producer
         self.serde = serde
         self.topic = topic
+        self._queued: list[EventRow] = []
+        self._produce_scheduled = False
         self._pending: list[EventRow] = []
         self._unmarked: list[EventRow] = []
         self._flusher = ThreadPoolExecutor(1, "aetheris-outbox")
         self._wakeup = asyncio.Event()
 
     def publish(self, rows: Iterable[EventRow]) -> None:
-        """Queue committed rows (the caller guarantees per-job seq order)."""
-        for row in rows:
-            self.producer.produce(
-                self.topic, key=row.tenant_id.encode(),
-                value=self.serde.encode_event(row.to_envelope()), partition=row.partition,
-            )
-            self._pending.append(row)
+        """Queue committed rows (the caller guarantees per-job seq order).
+
+        Encoding and producing happen once the caller yields to the event loop, so they overlap
+        with the job's next database round trip instead of delaying it.
+        """
+        self._queued.extend(rows)
+        if not self._produce_scheduled:
+            self._produce_scheduled = True
+            asyncio.get_running_loop().call_soon(self._produce_queued)
+
+    def _produce_queued(self) -> None:
+        self._produce_scheduled = False
+        rows, self._queued = self._queued, []
+        for done, row in enumerate(rows):
+            try:
+                self.producer.produce(
+                    self.topic, key=row.tenant_id.encode(),
+                    value=self.serde.encode_event(row.to_envelope()), partition=row.partition,
+                )
+            except BufferError:
+                # The producer's queue is full: the rest waits for deliveries to make room.
+                self._queued[:0] = rows[done:]
+                rows = rows[:done]
+                self._produce_scheduled = True
+                asyncio.get_running_loop().call_later(0.01, self._produce_queued)
+                break
+        self._pending.extend(rows)
         self.producer.poll(0)
         self._wakeup.set()
 
@@ -186,6 +208,7 @@ class OutboxPublisher:
 
     async def flush(self) -> None:
         """Wait for delivery of everything queued so far and mark it published."""
+        self._produce_queued()
         batch, self._pending = self._pending, []
         if batch:
             if await asyncio.get_running_loop().run_in_executor(self._flusher, self.producer.flush, 30):

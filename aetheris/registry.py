@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +29,12 @@ class ToolDefinition:
     timeout_s: float | None = None
     retry: RetryPolicy = DEFAULT_RETRY
 
-    @property
+    # Cached: both are asked on every step, and inspecting a signature is not cheap.
+    @functools.cached_property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
-    @property
+    @functools.cached_property
     def takes_idempotency_key(self) -> bool:
         """The tool declares an ``idempotency_key`` parameter: the runtime passes the step's key."""
         return "idempotency_key" in inspect.signature(self.fn).parameters

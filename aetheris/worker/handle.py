@@ -41,6 +41,10 @@ class JobHandle:
     rerun: bool = False
     deferred: list[Callable[[FencedTransaction], None]] = field(default_factory=list)
     """Writes that ride along with the job's next transaction (e.g. JobStarted)."""
+    flusher: asyncio.Task[None] | None = None
+    """Commits the deferred writes if the job awaits something else first."""
+    flush_error: BaseException | None = None
+    """Why that commit failed; the job's next write raises it."""
     stale: bool = False
     """A write failed with an unknown outcome: reload from Postgres before running again."""
     runs: int = 0

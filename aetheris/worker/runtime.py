@@ -76,17 +76,57 @@ class Runtime:
         self, handle: JobHandle, build: Callable[[FencedTransaction], None], *,
         even_if_cancelled: bool = False,
     ) -> list[EventRow]:
-        """Run ``build`` into a fenced transaction for the job, commit it, publish its events."""
+        """Run ``build`` into a fenced transaction for the job, commit it, publish its events.
+
+        The job's deferred writes go first, in the same transaction.
+        """
+        if handle.flush_error is not None:
+            error, handle.flush_error = handle.flush_error, None
+            raise error
         async with handle.lock:
             if handle.cancelled and not even_if_cancelled:
                 raise JobCancelled(handle.job_id)
             # The handle's own epoch, never the current one: a task left over from an earlier
             # ownership must be fenced by the database even if this process owns it again.
             tx = FencedTransaction(handle.partition, handle.epoch)
-            for deferred in handle.deferred:
-                deferred(tx)
-            build(tx)
-            events = await self.committer.commit(tx) if self.committer else await tx.commit(self.pool)
-            handle.deferred.clear()
+            deferred, handle.deferred = handle.deferred, []
+            try:
+                for write in deferred:
+                    write(tx)
+                build(tx)
+                if tx.empty:
+                    return []
+                events = await self.committer.commit(tx) if self.committer else await tx.commit(self.pool)
+            except BaseException:
+                handle.deferred[:0] = deferred
+                raise
             self.publisher.publish(events)
+        for callback in tx.committed:
+            callback()
         return events
+
+    def defer(self, handle: JobHandle, write: Callable[[FencedTransaction], None]) -> None:
+        """Let ``write`` ride with the job's next transaction, or commit it once the job awaits
+        something else: it is never left behind for long."""
+        handle.deferred.append(write)
+        if handle.flusher is None:
+            handle.flusher = asyncio.get_running_loop().create_task(self._flush_soon(handle))
+
+    async def _flush_soon(self, handle: JobHandle) -> None:
+        try:
+            await self.flush(handle)
+        except JobCancelled:
+            pass  # the cancellation's own transaction carried the deferred writes
+        except BaseException as exc:
+            handle.flush_error = exc  # the job's next write raises it
+        finally:
+            handle.flusher = None
+
+    async def flush(self, handle: JobHandle) -> None:
+        """Commit the job's deferred writes now."""
+        while handle.deferred:
+            await self.commit(handle, _nothing)
+
+
+def _nothing(_tx: FencedTransaction) -> None:
+    pass
