@@ -66,6 +66,9 @@ SELECT j.job_id, j.tenant_id, j.agent, j.status, j.waiting_reason, j.result, j.e
 """
 
 
+_REMEMBERED_TENANTS = 10_000
+
+
 class AsyncClient:
     """Submit jobs, await results, confirm, signal, cancel and resolve them."""
 
@@ -79,6 +82,9 @@ class AsyncClient:
         self._listener: asyncio.Future[None] | None = None
         self._listen_lock = asyncio.Lock()
         self._query_conn: psycopg.AsyncConnection | None = None
+        self._tenants: dict[str, str] = {}
+        """Tenants of the jobs this client submitted: commands to a job the worker has not
+        recorded yet (a cancel right after submit) need no lookup."""
 
     async def submit(
         self, agent: Callable[..., Any] | str, input: dict[str, Any] | BaseModel, tenant: str,
@@ -90,6 +96,7 @@ class AsyncClient:
                            input=json.dumps(to_json_value(input, "job input")),
                            submitted_by=submitted_by)
         await self._send(tenant, body)
+        self._remember(job_id, tenant)
         return job_id
 
     async def submit_many(
@@ -102,7 +109,9 @@ class AsyncClient:
             job_ids.append(uuid.uuid4().hex)
             body = m.SubmitJob(job_id=job_ids[-1], agent=name,
                                input=json.dumps(to_json_value(job_input, "job input")))
-            self._produce(tenant(index) if callable(tenant) else tenant, body)
+            job_tenant = tenant(index) if callable(tenant) else tenant
+            self._produce(job_tenant, body)
+            self._remember(job_ids[-1], job_tenant)
         await self._flush()
         return job_ids
 
@@ -173,27 +182,31 @@ class AsyncClient:
         return self._query_conn
 
     async def confirm(self, job_id: str, approved: bool = True, by: str = "client",
-                      comment: str | None = None, step_key: str | None = None) -> None:
+                      comment: str | None = None, step_key: str | None = None, *,
+                      tenant: str | None = None) -> None:
         """Answer the job's pending confirmation."""
-        await self._send(await self._tenant(job_id), m.ConfirmStep(
+        await self._send(await self._tenant(job_id, tenant), m.ConfirmStep(
             job_id=job_id, step_key=step_key, approved=approved, by=by, comment=comment))
 
-    async def signal(self, job_id: str, name: str, payload: Any = None) -> None:
+    async def signal(self, job_id: str, name: str, payload: Any = None, *,
+                     tenant: str | None = None) -> None:
         """Deliver signal ``name`` to the job."""
         body = m.SignalJob(job_id=job_id, name=name, payload=json.dumps(to_json_value(payload, "payload")))
-        await self._send(await self._tenant(job_id), body)
+        await self._send(await self._tenant(job_id, tenant), body)
 
-    async def cancel(self, job_id: str, reason: str | None = None, by: str | None = None) -> None:
-        """Cancel the job, whatever state it is in."""
-        await self._send(await self._tenant(job_id), m.CancelJob(job_id=job_id, reason=reason, by=by))
+    async def cancel(self, job_id: str, reason: str | None = None, by: str | None = None, *,
+                     tenant: str | None = None) -> None:
+        """Cancel the job, whatever state it is in (even before a worker has recorded it)."""
+        await self._send(await self._tenant(job_id, tenant),
+                         m.CancelJob(job_id=job_id, reason=reason, by=by))
 
     async def resolve(self, job_id: str, step: str, action: str = "retry", result: Any = None,
-                      by: str | None = None) -> None:
+                      by: str | None = None, *, tenant: str | None = None) -> None:
         """Resolve an in-doubt step: ``retry`` it, ``complete`` it with ``result``, or ``fail`` it."""
         body = m.ResolveInDoubt(
             job_id=job_id, step_key=step, action=m.InDoubtAction(action.upper()),
             result=None if result is None else json.dumps(to_json_value(result, "result")), by=by)
-        await self._send(await self._tenant(job_id), body)
+        await self._send(await self._tenant(job_id, tenant), body)
 
     async def close(self) -> None:
         """Flush pending commands and close the connections."""
@@ -205,7 +218,17 @@ class AsyncClient:
         if self._query_conn is not None:
             await self._query_conn.close()
 
-    async def _tenant(self, job_id: str) -> str:
+    def _remember(self, job_id: str, tenant: str) -> None:
+        if len(self._tenants) >= _REMEMBERED_TENANTS:
+            del self._tenants[next(iter(self._tenants))]  # the oldest: recorded by now
+        self._tenants[job_id] = tenant
+
+    async def _tenant(self, job_id: str, given: str | None) -> str:
+        """The job's tenant (its commands' key): given, submitted here, or recorded."""
+        if given is not None:
+            return given
+        if job_id in self._tenants:
+            return self._tenants[job_id]
         return (await self.status(job_id)).tenant_id
 
     async def _send(self, tenant: str, body: m.CommandBody) -> None:
@@ -265,22 +288,24 @@ class Client:
         return self._run(self._async.result(job_id, timeout))
 
     def confirm(self, job_id: str, approved: bool = True, by: str = "client",
-                comment: str | None = None, step_key: str | None = None) -> None:
+                comment: str | None = None, step_key: str | None = None, *,
+                tenant: str | None = None) -> None:
         """See :meth:`AsyncClient.confirm`."""
-        self._run(self._async.confirm(job_id, approved, by, comment, step_key))
+        self._run(self._async.confirm(job_id, approved, by, comment, step_key, tenant=tenant))
 
-    def signal(self, job_id: str, name: str, payload: Any = None) -> None:
+    def signal(self, job_id: str, name: str, payload: Any = None, *, tenant: str | None = None) -> None:
         """See :meth:`AsyncClient.signal`."""
-        self._run(self._async.signal(job_id, name, payload))
+        self._run(self._async.signal(job_id, name, payload, tenant=tenant))
 
-    def cancel(self, job_id: str, reason: str | None = None, by: str | None = None) -> None:
+    def cancel(self, job_id: str, reason: str | None = None, by: str | None = None, *,
+               tenant: str | None = None) -> None:
         """See :meth:`AsyncClient.cancel`."""
-        self._run(self._async.cancel(job_id, reason, by))
+        self._run(self._async.cancel(job_id, reason, by, tenant=tenant))
 
     def resolve(self, job_id: str, step: str, action: str = "retry", result: Any = None,
-                by: str | None = None) -> None:
+                by: str | None = None, *, tenant: str | None = None) -> None:
         """See :meth:`AsyncClient.resolve`."""
-        self._run(self._async.resolve(job_id, step, action, result, by))
+        self._run(self._async.resolve(job_id, step, action, result, by, tenant=tenant))
 
     def close(self) -> None:
         """Flush pending commands and stop the private loop."""

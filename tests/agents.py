@@ -7,14 +7,19 @@ AETHERIS_TEST_EFFECTS_URL, so tests count executions exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
 from aetheris import Context, RetryableError, RetryPolicy, TerminalError, agent, idempotency_key, tool
-from aetheris.llm import ScriptedProvider
+from aetheris.llm import LlmMessage, LlmResponse, ScriptedProvider
+from aetheris.registry import tool_definition
 
 EFFECTS_TABLE = """
 CREATE TABLE IF NOT EXISTS side_effects (
@@ -35,7 +40,8 @@ def _record(job_id: str, name: str) -> int:
 
 
 def _hold(job_id: str) -> None:
-    """Lets a test catch a tool mid-flight: hold while the file AETHERIS_TEST_HOLD names exists."""
+    """Lets a test catch a tool mid-flight: hold while the file AETHERIS_TEST_HOLD names exists,
+    then take AETHERIS_TEST_TOOL_SECONDS more (a step still in flight when the test acts)."""
     marker = os.environ.get("AETHERIS_TEST_HOLD")
     if marker and os.path.exists(marker):
         with open(marker + ".entered", "a") as entered:  # lets the test see tools in flight
@@ -43,6 +49,7 @@ def _hold(job_id: str) -> None:
     deadline = time.monotonic() + 60
     while marker and os.path.exists(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(float(os.environ.get("AETHERIS_TEST_TOOL_SECONDS", "0")))
 
 
 @tool
@@ -91,11 +98,15 @@ def flaky(job_id: str, fail_times: int) -> str:
     return "ok"
 
 
+class CardDeclinedError(TerminalError):
+    """A user-defined terminal error: replay must rebuild this very type."""
+
+
 @tool
 def refuse(job_id: str) -> str:
     """Always fails terminally."""
     _record(job_id, "refuse")
-    raise TerminalError("card declined")
+    raise CardDeclinedError("card declined")
 
 
 @agent(name="steps")
@@ -136,6 +147,42 @@ async def approval(ctx: Context, amount: int) -> dict[str, object]:
     return {"status": "paid", "by": decision.by}
 
 
+@agent(name="refused")
+async def refused(ctx: Context) -> str:
+    """Catches a tool failure, asks about it, then fails with it.
+
+    The confirmation's prompt names the error, so a replay that rebuilt a different type or
+    message would ask for a different step (non-determinism) instead of failing the same way.
+    """
+    failure: TerminalError | None = None
+    try:
+        await ctx.tool(refuse, job_id=ctx.job_id)
+    except TerminalError as exc:
+        failure = exc
+    await ctx.confirm(f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    return "never refused"
+
+
+@agent(name="two_approvals")
+async def two_approvals(ctx: Context) -> list[str]:
+    """Two confirmations in a row; returns who gave each."""
+    first = await ctx.confirm("first?")
+    second = await ctx.confirm("second?")
+    return [first.by, second.by]
+
+
+@agent(name="collector")
+async def collector(ctx: Context, count: int = 2) -> list[object]:
+    """Waits for signal ``item`` ``count`` times; returns the payloads in order."""
+    items = []
+    for _ in range(count):
+        received = await ctx.wait_for_signal("item")
+        items.append(None if received is None else received.payload)
+    return items
+
+
 @agent(name="sleeper")
 async def sleeper(ctx: Context, seconds: float) -> str:
     """A durable timer between two effects."""
@@ -161,7 +208,20 @@ async def evolving(ctx: Context) -> str:
     return variant
 
 
-llm = ScriptedProvider({"capital": "Paris is the capital of France."}, model="scripted-test")
+class CountingProvider(ScriptedProvider):
+    """Scripted answers; a prompt ending in ``job:<id>`` counts the call as a side effect of
+    that job, and with AETHERIS_TEST_DIE_IN_LLM the worker is SIGKILLed during the call."""
+
+    async def complete(self, messages: list[LlmMessage], *, model: str, **params: object) -> LlmResponse:
+        _, marker, job_id = messages[-1].content.rpartition("job:")
+        if marker:
+            _record(job_id, "llm")
+            if os.environ.get("AETHERIS_TEST_DIE_IN_LLM"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return await super().complete(messages, model=model, **params)
+
+
+llm = CountingProvider({"capital": "Paris is the capital of France."}, model="scripted-test")
 
 
 @agent(name="thinker")
@@ -210,3 +270,66 @@ async def slow(job_id: str) -> str:
 async def too_slow(ctx: Context) -> str:
     """A tool that times out on every attempt."""
     return await ctx.tool(slow, job_id=ctx.job_id)
+
+
+@tool(idempotent=True, timeout_s=0.2, retry=RetryPolicy(max_attempts=2, backoff_s=0.01))
+async def slow_idempotent(job_id: str) -> str:
+    """Always outlives its timeout; safe to repeat."""
+    _record(job_id, "slow_idempotent")
+    await asyncio.sleep(5)
+    return "never"
+
+
+@agent(name="too_slow_idempotent")
+async def too_slow_idempotent(ctx: Context) -> str:
+    """An idempotent tool that times out on every attempt."""
+    return await ctx.tool(slow_idempotent, job_id=ctx.job_id)
+
+
+@agent(name="asks")
+async def asks(ctx: Context) -> str:
+    """One counted LLM call."""
+    answer = await ctx.llm([{"role": "user", "content": f"capital? job:{ctx.job_id}"}],
+                           model="scripted-test")
+    return answer.content
+
+
+@agent(name="evolving_swallower")
+async def evolving_swallower(ctx: Context) -> str:
+    """Like ``evolving``, but catches every exception of its first step and goes on."""
+    variant = os.environ.get("AETHERIS_TEST_VARIANT", "v1")
+    with contextlib.suppress(Exception):  # what a careless agent does
+        await ctx.tool(effect, job_id=ctx.job_id, name="first" if variant == "v1" else "renamed")
+    await ctx.confirm("continue?")
+    await ctx.tool(effect, job_id=ctx.job_id, name="after")
+    return variant
+
+
+# -- counting the shipped examples' tools -------------------------------------------------------
+
+
+def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A tool with ``fn``'s definition (name, idempotency, timeout, retries) that also inserts a
+    ``side_effects`` row per execution (job id taken from the step's idempotency key)."""
+    definition = tool_definition(fn)
+
+    @functools.wraps(fn)
+    def counted(**kwargs: Any) -> Any:
+        _record((idempotency_key() or "").split(":", 1)[0], definition.name)
+        return fn(**kwargs)
+
+    return tool(name=definition.name, idempotent=definition.idempotent,
+                timeout_s=definition.timeout_s, retry=definition.retry)(counted)
+
+
+def count_example_tools() -> None:
+    """Make the examples' agents call counting variants of their tools (in this process)."""
+    from examples import refund, research
+
+    refund.lookup_order = _counted(refund.lookup_order)
+    refund.charge_card = _counted(refund.charge_card)
+    research.search = _counted(research.search)
+
+
+if os.environ.get("AETHERIS_TEST_COUNT_EXAMPLES") == "1":  # set for example workers only
+    count_example_tools()

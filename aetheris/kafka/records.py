@@ -15,6 +15,7 @@ as they are shared by commands, events and state.
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 import uuid
@@ -35,9 +36,16 @@ from pydantic import (
 from aetheris.errors import SerdeError
 from aetheris.kafka.schemas import NAMESPACE
 
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+"""``\\u0000`` as an escape (an odd run of backslashes before it), not as escaped text."""
+
 
 def _check_json(text: str) -> str:
     json.loads(text)
+    if "\x00" in text or _NUL_ESCAPE.search(text):
+        # PostgreSQL's jsonb cannot hold a NUL character: refused here, with a reason, rather
+        # than failing the command's database write every time it is retried.
+        raise ValueError("JSON text must not contain the NUL character (\\u0000)")
     return text
 
 

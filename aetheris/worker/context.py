@@ -98,6 +98,9 @@ class JobContext(Context):
         self._clock = handle.created_at
         self._unwritten: set[str] = set()
         """Keys of idempotent steps running without a ledger row yet (written with the outcome)."""
+        self.nondeterminism: NonDeterminismError | None = None
+        """Set once detected: every later step raises it again, so an agent that catches it
+        can never run a step the history does not have; the runner fails the job with it."""
 
     # -- determinism ----------------------------------------------------------------------
 
@@ -115,16 +118,19 @@ class JobContext(Context):
         """Take the next call position; return it, its key, and the recorded row if any."""
         if self._runtime.evicting(self._job.partition):
             raise JobEvicted(self.job_id)
+        if self.nondeterminism is not None:
+            raise self.nondeterminism
         self._position += 1
         key = f"{self._position}:{kind}:{name}:{args_hash(args).hex()[:16]}"
         recorded = self._job.steps.get(self._position)
         if recorded is not None and recorded.step_key != key:
-            raise NonDeterminismError(
+            self.nondeterminism = NonDeterminismError(
                 f"step {self._position}: the ledger recorded "
                 f"{_describe(recorded.kind, recorded.name, recorded.args)} but the agent now asks "
                 f"for {_describe(kind, name, args)}",
                 expected=recorded.step_key, actual=key,
             )
+            raise self.nondeterminism
         return self._position, key, recorded
 
     def _advance_clock(self, step: StepRecord) -> None:
@@ -175,9 +181,11 @@ class JobContext(Context):
             crash_point("before_start", name)
             step = StepRecord(key, position, kind, name, STARTED, args=call_args, attempt=1,
                               idempotency_key=idem_key, started_at=_now())
-            if definition.idempotent:
+            if definition.idempotent and kind != "llm":
                 # A repeat is harmless, so the row is written once, with the outcome: one
                 # commit per step. A crash before it simply runs the step again, same key.
+                # LLM calls are recorded before they are made all the same: a call that cost
+                # tokens stays visible in the history even if its response is lost.
                 self._unwritten.add(key)
             else:
                 await self._commit(lambda tx: self._started(tx, step, insert=True))
@@ -206,11 +214,16 @@ class JobContext(Context):
         elif step.status == STARTED and definition.idempotent:
             step.attempt += 1  # same idempotency key: the tool can deduplicate the repeat
             await self._commit(lambda tx: self._started(tx, step, insert=False))
+        elif step.status == STARTED:
+            await self._park_in_doubt(step, "the worker stopped while the tool ran; it is not idempotent")
         else:
-            if step.status == STARTED:
-                step.status = IN_DOUBT
-                await self._commit(lambda tx: self._in_doubt(tx, step))
-            raise JobParked("in_doubt")
+            raise JobParked("in_doubt")  # parked already, waiting for an operator's resolve
+
+    async def _park_in_doubt(self, step: StepRecord, reason: str) -> None:
+        """The step may or may not have had its effect: an operator decides, never a retry."""
+        step.status = IN_DOUBT
+        await self._commit(lambda tx: self._in_doubt(tx, step, reason))
+        raise JobParked("in_doubt")
 
     async def _attempts(
         self, step: StepRecord, definition: ToolDefinition, call: Callable[[str], Awaitable[Any]]
@@ -221,12 +234,25 @@ class JobContext(Context):
                 value = await _with_timeout(call(step.idempotency_key or step.step_key),
                                             definition.timeout_s, step.name)
                 result = to_json_value(value, f"{step.name} result")
+            except StepTimeoutError as exc:
+                if not definition.idempotent:
+                    # The tool may still have had its effect (a sync tool's thread even runs
+                    # on): retrying could repeat it, so the step is in doubt like a crash.
+                    await self._park_in_doubt(step, f"{exc}; it is not idempotent")
+                await self._failed(step, definition, exc, began)
+                continue
             except (TerminalError, RetryableError, Exception) as exc:
                 await self._failed(step, definition, exc, began)
                 continue
             step.status, step.result, step.finished_at = COMPLETED, result, _now()
-            await self._commit(functools.partial(self._completed, step=step, began=began))
-            crash_point("after_complete", step.name)
+            complete = functools.partial(self._completed, step=step,
+                                         duration_ms=int((time.monotonic() - began) * 1000))
+            if definition.idempotent:
+                # Losing the outcome only means running the step again with the same key, so it
+                # rides with the job's next write instead of costing a commit of its own.
+                self._runtime.defer(self._job, complete)
+            else:
+                await self._commit(complete)
             self._advance_clock(step)
             return result
 
@@ -251,7 +277,8 @@ class JobContext(Context):
     def _write(self, tx: FencedTransaction, step: StepRecord) -> None:
         """The row's first write inserts it (announcing the start), later writes update it."""
         if step.step_key in self._unwritten:
-            self._unwritten.discard(step.step_key)
+            # Only once committed: a transaction built again after a failure must insert again.
+            tx.committed.append(functools.partial(self._unwritten.discard, step.step_key))
             self._started(tx, step, insert=True)
         else:
             tx.update_step(self.job_id, step)
@@ -275,19 +302,19 @@ class JobContext(Context):
                 args=_dumps(step.args), args_hash=args_hash(step.args).hex(),
                 idempotency_key=step.idempotency_key))
 
-    def _completed(self, tx: FencedTransaction, step: StepRecord, began: float) -> None:
+    def _completed(self, tx: FencedTransaction, step: StepRecord, duration_ms: int) -> None:
         self._write(tx, step)
-        duration = int((time.monotonic() - began) * 1000)
+        tx.committed.append(functools.partial(crash_point, "after_complete", step.name))
         if step.kind == "llm":
             usage = step.result.get("usage", {}) if isinstance(step.result, dict) else {}
             tx.event(self._job.cursor, m.LlmCompleted(
                 step_key=step.step_key, model=step.name, attempt=step.attempt,
                 response=_dumps(step.result), prompt_tokens=usage.get("prompt_tokens", 0),
-                completion_tokens=usage.get("completion_tokens", 0), duration_ms=duration))
+                completion_tokens=usage.get("completion_tokens", 0), duration_ms=duration_ms))
         else:
             tx.event(self._job.cursor, m.ToolCompleted(
                 step_key=step.step_key, name=step.name, attempt=step.attempt,
-                result=_dumps(step.result), duration_ms=duration))
+                result=_dumps(step.result), duration_ms=duration_ms))
 
     def _failure(self, tx: FencedTransaction, step: StepRecord, began: float, retryable: bool) -> None:
         self._write(tx, step)
@@ -298,12 +325,11 @@ class JobContext(Context):
             retryable=retryable and not error.get("final"),
             duration_ms=int((time.monotonic() - began) * 1000)))
 
-    def _in_doubt(self, tx: FencedTransaction, step: StepRecord) -> None:
+    def _in_doubt(self, tx: FencedTransaction, step: StepRecord, reason: str) -> None:
         tx.update_step(self.job_id, step)
         tx.event(self._job.cursor, m.ToolInDoubt(
             step_key=step.step_key, name=step.name, attempt=step.attempt,
-            idempotency_key=step.idempotency_key,
-            reason="the worker stopped while the tool ran; it is not idempotent"))
+            idempotency_key=step.idempotency_key, reason=reason))
         self._park(tx, "IN_DOUBT")
 
     def _park(self, tx: FencedTransaction, reason: str, wake_at: datetime | None = None) -> None:

@@ -11,7 +11,7 @@ import psycopg
 import structlog
 from psycopg_pool import PoolTimeout
 
-from aetheris.errors import FencedError, JobCancelled, JobParked, NonDeterminismError
+from aetheris.errors import AetherisError, FencedError, JobCancelled, JobParked, NonDeterminismError
 from aetheris.kafka import messages as m
 from aetheris.ledger import FencedTransaction, canonical_json
 from aetheris.registry import lookup_agent
@@ -34,11 +34,15 @@ async def run_job(runtime: Runtime, handle: JobHandle) -> None:
             _start(runtime, handle)
         definition = lookup_agent(handle.agent)
         value = await definition.fn(ctx, **handle.input)
+        if ctx.nondeterminism is not None:
+            raise ctx.nondeterminism  # the agent caught it: the job still fails with it
         result = to_json_value(value, f"{handle.agent} result")
     except JobParked as parked:
         log.debug("job parked", job_id=handle.job_id, reason=parked.reason)
         return
-    except (JobCancelled, JobEvicted, asyncio.CancelledError):
+    except (JobCancelled, JobEvicted, asyncio.CancelledError) as stopped:
+        if isinstance(stopped, JobEvicted):
+            await _flush_before_leaving(runtime, handle)
         return
     except DATABASE_UNAVAILABLE as exc:
         # The outcome of the last write is unknown: the worker reloads the job and replays it.
@@ -50,15 +54,26 @@ async def run_job(runtime: Runtime, handle: JobHandle) -> None:
         runtime.lose(handle.partition, epoch=handle.epoch)
         return
     except NonDeterminismError as exc:
-        detected = m.NonDeterminismDetected(step_key=exc.actual, expected=exc.expected,
-                                            actual=exc.actual, message=str(exc))
-        await _fail(runtime, handle, exc, before=[detected])
+        await _fail_nondeterministic(runtime, handle, exc)
         return
     except Exception as exc:
-        await _fail(runtime, handle, exc)
+        if ctx.nondeterminism is not None:
+            await _fail_nondeterministic(runtime, handle, ctx.nondeterminism)
+        else:
+            await _fail(runtime, handle, exc)
         return
     await _finish(runtime, handle, "COMPLETED", m.JobCompleted(result=canonical_json(result)),
                   result=result)
+
+
+async def _flush_before_leaving(runtime: Runtime, handle: JobHandle) -> None:
+    """An evicted job hands over at a step boundary with its deferred outcomes committed."""
+    try:
+        await runtime.flush(handle)
+    except (AetherisError, *DATABASE_UNAVAILABLE) as exc:
+        # Only outcomes of idempotent steps are deferred: the next owner runs them again.
+        log.warning("deferred writes not committed before eviction", job_id=handle.job_id,
+                    error=str(exc))
 
 
 def _start(runtime: Runtime, handle: JobHandle) -> None:
@@ -71,6 +86,12 @@ def _start(runtime: Runtime, handle: JobHandle) -> None:
 
     handle.status = "RUNNING"
     handle.deferred.append(start)
+
+
+async def _fail_nondeterministic(runtime: Runtime, handle: JobHandle, exc: NonDeterminismError) -> None:
+    detected = m.NonDeterminismDetected(step_key=exc.actual, expected=exc.expected,
+                                        actual=exc.actual, message=str(exc))
+    await _fail(runtime, handle, exc, before=[detected])
 
 
 async def _fail(

@@ -28,7 +28,7 @@ from aetheris import leases
 from aetheris.committer import GroupCommitter
 from aetheris.config import Settings
 from aetheris.endpoints import Endpoints, resolve
-from aetheris.errors import FencedError, SerdeError
+from aetheris.errors import FencedError, InfrastructureError, SerdeError
 from aetheris.kafka import messages as m
 from aetheris.kafka.clients import make_consumer, make_producer
 from aetheris.kafka.serde import AvroSerde
@@ -67,6 +67,10 @@ class WorkerOptions:
     """Threads for synchronous tools."""
 
 
+TRANSIENT = (*DATABASE_UNAVAILABLE, InfrastructureError)
+"""Failures that say nothing about the command: it is tried again, never dead-lettered."""
+
+
 def _fetch(consumer: Consumer, limit: int) -> list[Message]:
     """Wait for one record (not for a full batch: that would add its timeout to every command's
     latency), then take whatever else is already there."""
@@ -103,7 +107,7 @@ class Worker:
             self.endpoints.database_url, min_size=4, max_size=16, open=False,
             kwargs={"autocommit": True})
         await pool.open(wait=True, timeout=30)
-        producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 1})
+        producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 5})
         publisher = OutboxPublisher(pool, producer, self.serde, topic_name(self.settings, EVENTS))
         runtime = Runtime(self.worker_id, pool, publisher, self.llm, committer=GroupCommitter(pool),
                           tool_executor=ThreadPoolExecutor(self.options.tool_threads, "aetheris-tool"))
@@ -163,33 +167,51 @@ class Worker:
     async def _process(self, batch: list[Message], consumer: Consumer) -> list[TopicPartition]:
         """Apply a batch; return the offsets that are safe to commit."""
         assert self.runtime is not None
-        by_partition: dict[int, list[tuple[int, m.Command | None]]] = defaultdict(list)
+        by_partition: dict[int, list[Message]] = defaultdict(list)
         for message in batch:
             error = message.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error", error=str(error))
                 continue
-            partition, offset = message.partition() or 0, message.offset() or 0
-            by_partition[partition].append((offset, self._decode(message)))
+            by_partition[message.partition() or 0].append(message)
         offsets = []
-        for partition, items in by_partition.items():
+        for partition, messages in by_partition.items():
             if partition not in self.runtime.epochs:
                 continue
             try:
-                await self._apply(partition, [c for _, c in items if c is not None])
+                commands = [c for c in map(self._decode, messages) if c is not None]
+                await self._apply_or_isolate(partition, commands)
             except FencedError:
                 self.runtime.lose(partition)
                 continue
-            except Exception as exc:
-                # Postgres unreachable or similar: rewind and try the records again later.
+            except TRANSIENT as exc:
+                # Postgres or the schema registry unreachable: rewind and try the records again.
                 log.warning("command batch failed; retrying", partition=partition, error=str(exc))
-                rewind = TopicPartition(self.commands_topic, partition, items[0][0])
+                rewind = TopicPartition(self.commands_topic, partition, messages[0].offset() or 0)
                 await self._kafka(consumer.seek, rewind)
                 await asyncio.sleep(1)
                 continue
-            offsets.append(TopicPartition(self.commands_topic, partition, items[-1][0] + 1))
+            offsets.append(TopicPartition(self.commands_topic, partition, (messages[-1].offset() or 0) + 1))
         return offsets
+
+    async def _apply_or_isolate(self, partition: int, commands: list[m.Command]) -> None:
+        """Apply the commands; if that fails for a reason that is not transient, apply them one
+        by one and dead-letter the ones that fail, so one bad command never stalls a partition."""
+        try:
+            await self._apply(partition, commands)
+        except (FencedError, *TRANSIENT):
+            raise
+        except Exception as exc:
+            log.warning("command batch failed; isolating the bad command", partition=partition,
+                        error=str(exc))
+            for command in commands:
+                try:
+                    await self._apply(partition, [command])
+                except (FencedError, *TRANSIENT):
+                    raise
+                except Exception as failure:
+                    self._reject(command, f"cannot be applied: {type(failure).__name__}: {failure}")
 
     def _decode(self, message: Message) -> m.Command | None:
         origin = f"{message.topic()}/{message.partition()}/{message.offset()}"

@@ -7,6 +7,7 @@ import pytest
 from aetheris import Client, JobFailedError
 from aetheris.outbox import job_history, verify_chain
 from tests.conftest import Stack
+from tests.events import dead_letters, wait_commands_consumed
 
 pytestmark = pytest.mark.integration
 
@@ -85,18 +86,30 @@ def test_submission_with_a_job_id_is_idempotent(stack: Stack) -> None:
     assert stack.query("SELECT count(*) FROM jobs WHERE job_id = 'order-42'") == [(1,)]
 
 
-def test_confirmation_resumes_and_a_duplicate_changes_nothing(stack: Stack) -> None:
-    stack.start_worker()
+def test_confirmation_resumes_and_duplicates_change_nothing(stack: Stack) -> None:
+    hold = stack.tmp / "hold"
+    stack.start_worker(AETHERIS_TEST_HOLD=str(hold))
     with Client(stack.settings) as client:
         job_id = client.submit("approval", {"amount": 10}, tenant="acme")
         stack.wait(lambda: is_waiting(client, job_id), 30, "never waited")
         assert client.status(job_id).waiting_reason == "CONFIRMATION"
+        hold.touch()  # the step after the confirmation stays in flight
         client.confirm(job_id, approved=True, by="alice")
+        stack.wait((stack.tmp / "hold.entered").exists, 30, "the confirmation never resumed the job")
+        client.confirm(job_id, approved=False, by="mallory")  # while the job still runs
+        wait_commands_consumed(stack.settings)
+        hold.unlink()
         assert client.result(job_id, timeout=60) == {"status": "paid", "by": "alice"}
-        client.confirm(job_id, approved=False, by="mallory")
-        client.result(job_id, timeout=5)
-    assert stack.effects(job_id) == 2
-    assert history_types(stack, job_id).count("ConfirmationReceived") == 1
+        client.confirm(job_id, approved=False, by="eve")  # after it finished
+        wait_commands_consumed(stack.settings)
+        assert client.status(job_id).result == {"status": "paid", "by": "alice"}
+    assert (stack.effects(job_id, "before"), stack.effects(job_id, "after")) == (1, 1)
+    assert history_types(stack, job_id) == [
+        "JobSubmitted", "JobAccepted", "JobStarted", "ToolStarted", "ToolCompleted",
+        "ConfirmationRequested", "ConfirmationReceived",
+        "JobStarted", "ToolStarted", "ToolCompleted", "JobCompleted",
+    ]
+    assert dead_letters(stack.settings, 0) == []  # ignored, not rejected
 
 
 def test_signal_and_signal_timeout(stack: Stack) -> None:
@@ -134,15 +147,35 @@ def test_durable_timer(stack: Stack) -> None:
     assert stack.effects(job_id) == 2
 
 
-def test_step_timeout_is_retried_then_fails(stack: Stack) -> None:
+def test_idempotent_step_timeout_is_retried_then_fails(stack: Stack) -> None:
     stack.start_worker()
     with Client(stack.settings) as client:
-        job_id = client.submit("too_slow", {}, tenant="acme")
+        job_id = client.submit("too_slow_idempotent", {}, tenant="acme")
         with pytest.raises(JobFailedError) as info:
             client.result(job_id, timeout=60)
     assert info.value.error_type == "aetheris.errors.StepTimeoutError"
     assert "timed out after 0.2s" in info.value.message
     assert stack.effects(job_id) == 2  # max_attempts
+
+
+def test_non_idempotent_step_timeout_parks_in_doubt_instead_of_retrying(stack: Stack) -> None:
+    # A timed-out tool may have had its effect: a retry could repeat it, so it is in doubt.
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("too_slow", {}, tenant="acme")
+        stack.wait(lambda: is_waiting(client, job_id), 60, "the job never parked")
+        assert client.status(job_id).waiting_reason == "IN_DOUBT"
+        client.resolve(job_id, _only_step(stack, job_id), action="fail")
+        with pytest.raises(JobFailedError):
+            client.result(job_id, timeout=60)
+    assert stack.effects(job_id) == 1
+    types = history_types(stack, job_id)
+    assert types.count("ToolStarted") == 1 and types.count("ToolInDoubt") == 1
+
+
+def _only_step(stack: Stack, job_id: str) -> str:
+    [(key,)] = stack.query("SELECT step_key FROM ledger WHERE job_id = %s AND kind = 'tool'", job_id)
+    return str(key)
 
 
 def test_cancel_a_running_job(stack: Stack) -> None:
