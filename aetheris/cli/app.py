@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 
+import psycopg
 import typer
+from confluent_kafka import KafkaError, KafkaException
 
 from aetheris.cli import bench, db, demo, dev, jobs, ledger, streams, topics, worker
 from aetheris.errors import AetherisError, ConfigError
@@ -17,6 +20,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@dataclass
+class RootOptions:
+    """Options of the root command that the error boundary reads after the command unwound."""
+
+    debug: bool = False
+
+
+options = RootOptions()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", envvar="AETHERIS_DEBUG",
+                               help="Show the traceback of an error instead of one line."),
+) -> None:
+    """Durable execution for AI agents on Kafka and PostgreSQL."""
+    options.debug = debug
+
 
 app.add_typer(dev.app, name="dev", help="Run the embedded stack (broker + PostgreSQL).")
 app.add_typer(topics.app, name="topics", help="Create and check the Kafka topics.")
@@ -37,9 +60,10 @@ app.command("bench")(bench.bench)
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    # Transient client warnings ("coordinator load in progress") are noise in a one-shot command;
-    # long-running roles (worker, streams) configure logging themselves and keep them.
-    logging.getLogger("aetheris.kafka").setLevel(logging.ERROR)
+    # A one-shot command reports an unreachable or failing broker through its own one-line error;
+    # librdkafka would add a line per reconnect attempt. Long-running roles (worker, streams)
+    # configure logging themselves and keep the client's warnings.
+    logging.getLogger("aetheris.kafka").setLevel(logging.CRITICAL)
     try:
         result = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
@@ -52,9 +76,25 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.format_message(), exc.exit_code)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    except AetherisError as exc:
-        _fail(str(exc), 1)
+    except Exception as exc:  # the boundary: an unreachable server or a bug is one line as well
+        if options.debug:
+            raise
+        _fail(describe(exc), 1)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def describe(exc: Exception) -> str:
+    """What went wrong, on one line (server messages often span several)."""
+    if isinstance(exc, AetherisError | OSError):
+        text = str(exc)
+    elif isinstance(exc, psycopg.Error):
+        text = f"database: {exc}"
+    elif isinstance(exc, KafkaException):
+        error = exc.args[0] if exc.args else None
+        text = f"broker: {error.str() if isinstance(error, KafkaError) else exc}"
+    else:
+        text = f"internal error: {type(exc).__name__}: {exc} (--debug shows the traceback)"
+    return " ".join(text.split())
 
 
 def _fail(message: str, code: int) -> None:

@@ -7,7 +7,7 @@ import threading
 
 import typer
 
-from aetheris.cli._common import console, current_settings, err_console
+from aetheris.cli._common import broker_notice, console, current_settings, err_console
 from aetheris.dev.stack import DevStack, StackState
 
 app = typer.Typer(no_args_is_help=True)
@@ -21,8 +21,9 @@ def up(
     """Start the broker and PostgreSQL, create the topics, apply migrations."""
     settings = current_settings()
     stack = DevStack(settings)
-    if stack.broker.profile.limits:
-        err_console.print(f"note: no Java found, using {stack.broker.profile.limits}", markup=False)
+    if notice := broker_notice(settings, stack.broker.profile):
+        # soft_wrap: one line however narrow the terminal, as scripts and tests read it.
+        err_console.print(notice, markup=False, soft_wrap=True)
     with console.status("starting") as status:
         state = stack.up(lambda what: status.update(f"starting {what}"), streams=streams)
     _print_state(state, settings.home)

@@ -16,6 +16,8 @@ app = typer.Typer(no_args_is_help=True)
 def init() -> None:
     """Create the topics idempotently; fail on drift (e.g. a wrong partition count)."""
     settings = current_settings()
-    outcome = ensure_topics(make_admin(resolve(settings).bootstrap), topic_specs(settings))
+    endpoints = resolve(settings)
+    outcome = ensure_topics(make_admin(endpoints.bootstrap), topic_specs(settings),
+                            profile=endpoints.profile)
     for name, what in outcome.items():
         console.print(f"{what:8} {name}")

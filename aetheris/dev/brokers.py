@@ -35,6 +35,8 @@ class BrokerProfile:
     """Cap on records per faust changelog batch (Tansu's high watermark is wrong otherwise)."""
     read_committed_hides_aborted: bool
     """A ``read_committed`` consumer never sees aborted transactional records."""
+    lists_default_configs: bool
+    """DescribeConfigs lists every config, defaults included (Tansu lists only those set at creation)."""
     limits: str
     """One line for the user about what this broker cannot do."""
 
@@ -45,15 +47,18 @@ class BrokerProfile:
 
 KAFKA_PROFILE = BrokerProfile(
     kind="kafka", durable=True, session_timeout_ms=10_000, compacts=True,
-    changelog_batch_records=None, read_committed_hides_aborted=True, limits="",
+    changelog_batch_records=None, read_committed_hides_aborted=True, lists_default_configs=True,
+    limits="",
 )
 
 TANSU_PROFILE = BrokerProfile(
     kind="tansu", durable=False, session_timeout_ms=6_000, compacts=False,
-    changelog_batch_records=1, read_committed_hides_aborted=False,
+    changelog_batch_records=1, read_committed_hides_aborted=False, lists_default_configs=False,
     limits=(
-        "Tansu: memory-only (topics vanish on restart), no compaction, read_committed shows "
-        "aborted records; correctness rests on the Postgres ledger, not on Kafka."
+        "Tansu: memory-only (topics and records vanish on restart), wrong high watermark "
+        "(stream changelogs use one-record batches), no compaction, read_committed shows "
+        "aborted records, slow group joins (half of session.timeout.ms); correctness rests on "
+        "the Postgres ledger, not on Kafka."
     ),
 )
 
@@ -96,6 +101,36 @@ log4j.logger.kafka.log.LogCleaner=WARN
 """
 
 
+def kraft_properties(
+    port: int, controller_port: int, *, listen_host: str = "127.0.0.1", advertised_host: str = "127.0.0.1"
+) -> dict[str, str]:
+    """``server.properties`` of a single KRaft node (broker + controller), without ``log.dirs``.
+
+    One source for the embedded node and the tests' Docker container, so both run the same broker.
+    """
+    return {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://{listen_host}:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{advertised_host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "12",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        # Fewer coordinator partitions: a cold node loads them in well under a second, so
+        # the first idempotent producer is not kept waiting for its producer id.
+        "transaction.state.log.num.partitions": "4",
+        # A dev node has one member per group most of the time: do not wait for more.
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        "log.cleaner.backoff.ms": "1000",
+    }
+
+
 class KafkaBroker:
     """A single-node Apache Kafka 3.9 in KRaft mode (broker + controller), data on disk."""
 
@@ -113,29 +148,7 @@ class KafkaBroker:
 
     def _write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        controller = self.port + 1
-        props = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "log.dirs": str(self.dir / "data"),
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "12",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            # Fewer coordinator partitions: a cold node loads them in well under a second, so
-            # the first idempotent producer is not kept waiting for its producer id.
-            "transaction.state.log.num.partitions": "4",
-            # A dev node has one member per group most of the time: do not wait for more.
-            "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "false",
-            "log.cleaner.backoff.ms": "1000",
-        }
+        props = {**kraft_properties(self.port, self.port + 1), "log.dirs": str(self.dir / "data")}
         config = self.dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.dir / "log4j.properties").write_text(_LOG4J.format(log=self.dir / "server.log"))
@@ -172,7 +185,7 @@ class KafkaBroker:
         self._format_storage(config)
         self.process.spawn(self._java("kafka.Kafka", str(config), heap="768m"))
         wait_until(self._ready, 90, "Apache Kafka", self.dir / "server.log")
-        _warm_up(self.bootstrap)
+        warm_up(self.bootstrap)
 
     def _ready(self) -> bool:
         if self.process.pid() is None:
@@ -189,7 +202,7 @@ class KafkaBroker:
         return self.process.pid() is not None
 
 
-def _warm_up(bootstrap: str) -> None:
+def warm_up(bootstrap: str) -> None:
     """Wait until the group and transaction coordinators answer (they load after the port opens).
 
     One idempotent write to a one-partition topic and one offset fetch: after them, the first

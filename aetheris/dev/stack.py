@@ -51,7 +51,7 @@ class DevStack:
         state = StackState(self.broker.profile.kind, self.broker.bootstrap, self.postgres.url)
         self.state_file.write_text(json.dumps(asdict(state)))
         step("topics")
-        ensure_topics(make_admin(state.bootstrap), topic_specs(self.settings))
+        ensure_topics(make_admin(state.bootstrap), topic_specs(self.settings), profile=self.broker.profile)
         step("migrations")
         migrate(state.database_url)
         if streams and self.streams.pid() is None:

@@ -9,7 +9,8 @@ The identity of a schema on the wire is the CRC-64-AVRO fingerprint of its Parsi
 Form, the same value Java's ``SchemaNormalization.parsingFingerprint64`` computes. A
 :class:`SchemaCatalog` holds the *current* schema of every type (the reader schemas) and every
 *writer* schema it has been told about, keyed by fingerprint, so that bytes written with an
-older (or newer) version of a type can be resolved against the current one.
+older (or newer) version of a type can be resolved against the current one. Earlier versions
+ship in ``avro_schemas/history/`` and are known writers from the start.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aetheris.errors import SerdeError, UnknownSchemaError
 
 NAMESPACE = "dev.aetheris.v1"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+HISTORY_DIRECTORY = "history"
 
 _PRIMITIVES = frozenset(
     {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -210,9 +212,7 @@ def dependency_order(documents: Mapping[str, Any]) -> list[str]:
     return ordered
 
 
-def load_documents(directory: Traversable | None = None) -> dict[str, Any]:
-    """The decoded ``.avsc`` files of ``directory`` (default: :func:`schema_directory`)."""
-    directory = directory if directory is not None else schema_directory()
+def _avsc_documents(directory: Traversable) -> dict[str, Any]:
     documents: dict[str, Any] = {}
     for entry in sorted(directory.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".avsc"):
@@ -220,9 +220,26 @@ def load_documents(directory: Traversable | None = None) -> dict[str, Any]:
                 documents[entry.name] = json.loads(entry.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise SerdeError(f"{entry.name} is not valid JSON: {exc}") from exc
+    return documents
+
+
+def load_documents(directory: Traversable | None = None) -> dict[str, Any]:
+    """The decoded ``.avsc`` files of ``directory`` (default: :func:`schema_directory`)."""
+    directory = directory if directory is not None else schema_directory()
+    documents = _avsc_documents(directory)
     if not documents:
         raise SerdeError(f"no .avsc files in {directory}")
     return documents
+
+
+def load_history(directory: Traversable | None = None) -> dict[str, Any]:
+    """Earlier versions of the types: self-contained schemas in ``history/*.avsc`` (may be none).
+
+    Without a Schema Registry a single-object record names its writer schema only by
+    fingerprint, so every version ever written must ship with the reader.
+    """
+    history = (directory if directory is not None else schema_directory()) / HISTORY_DIRECTORY
+    return _avsc_documents(history) if history.is_dir() else {}
 
 
 def ordered_schema_files(directory: Traversable | None = None) -> list[Traversable]:
@@ -249,8 +266,15 @@ class SchemaCatalog:
 
     @classmethod
     def from_directory(cls, directory: Traversable | None = None) -> SchemaCatalog:
-        """A catalog of the ``.avsc`` files in ``directory`` (default: the shipped contract)."""
-        return cls(load_documents(directory))
+        """A catalog of the ``.avsc`` files in ``directory`` (default: the shipped contract).
+
+        The earlier versions in its ``history/`` become known writer schemas.
+        """
+        catalog = cls(load_documents(directory))
+        for source, document in load_history(directory).items():
+            if catalog.register_writer(document).fullname not in catalog._current:
+                raise SerdeError(f"{HISTORY_DIRECTORY}/{source} is a version of no current type")
+        return catalog
 
     @property
     def names(self) -> list[str]:

@@ -4,8 +4,9 @@ Framings, told apart by their first byte so one deserializer reads both:
 
 * Avro single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of the
   writer schema + body. Used when no Schema Registry is configured. The writer schema must be in
-  the :class:`~aetheris.kafka.schemas.SchemaCatalog` (current schemas always are; older or newer
-  versions are added with :meth:`AvroSerde.register_writer_schema`).
+  the :class:`~aetheris.kafka.schemas.SchemaCatalog` (current schemas always are, earlier ones
+  shipped in ``avro_schemas/history/`` too; others are added with
+  :meth:`AvroSerde.register_writer_schema`).
 * Confluent framing: ``00`` + 4-byte big-endian schema id + body. Used when a Schema Registry is
   configured; writer schemas are fetched by id and cached.
 
@@ -233,7 +234,8 @@ class AvroSerde:
             if writer is None:
                 raise UnknownSchemaError(
                     f"unknown writer schema fingerprint {fingerprint.hex()} (single-object "
-                    "encoding); register that schema version with register_writer_schema"
+                    "encoding); ship that version in avro_schemas/history/ or register it with "
+                    "register_writer_schema"
                 )
             return writer, data[_SINGLE_OBJECT_HEADER_LEN:]
         if len(data) < _CONFLUENT_HEADER.size:

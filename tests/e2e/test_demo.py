@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from examples import research
-from tests.conftest import free_port, jar_home
+from tests.conftest import free_port, share_jar_cache
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +40,7 @@ def demo_env(home: Path) -> dict[str, str]:
         "AETHERIS_DEV_POSTGRES_PORT": str(free_port()),
         "AETHERIS_PARTITIONS": "4",
     })
-    # Reuse the jar cache instead of downloading again for this fresh home.
-    (home / "jars").symlink_to(jar_home() / "jars")
+    share_jar_cache(home)
     return env
 
 

@@ -20,12 +20,21 @@ import pytest
 from aetheris.kafka.messages import (
     AvroRecord,
     Command,
+    ConfirmationRequested,
+    ConfirmStep,
+    InDoubtAction,
     JobEvent,
+    JobSnapshot,
     JobState,
     JobStatus,
     LlmCompleted,
+    ResolveInDoubt,
+    StepKind,
+    StepOutcome,
+    StepStatus,
     SubmitJob,
     ToolCompleted,
+    ToolInDoubt,
     WaitingReason,
 )
 from aetheris.kafka.schemas import ordered_schema_files
@@ -79,6 +88,40 @@ SAMPLES: list[AvroRecord] = [
         waiting_reason=WaitingReason.CONFIRMATION, last_seq=9, created_at=OCCURRED,
         updated_at=OCCURRED, prompt_tokens=10, completion_tokens=5,
     ),
+    Command(
+        command_id="cmd-0002", tenant_id="acme", issued_at=OCCURRED,
+        body=ConfirmStep(job_id="job-42", approved=False, by="alice", comment="too expensive"),
+    ),
+    Command(
+        command_id="cmd-0003", tenant_id="acme", issued_at=OCCURRED,
+        body=ResolveInDoubt(job_id="job-42", step_key="0005:charge:77aa",
+                            action=InDoubtAction.COMPLETE, result='{"receipt": "r-1"}', by="ops"),
+    ),
+    JobEvent(
+        tenant_id="acme", job_id="job-42", seq=8, epoch=3, occurred_at=OCCURRED,
+        payload=ConfirmationRequested(step_key="0006:confirm", prompt="Refund 20 EUR?",
+                                      details='{"amount": 20}', expires_at=OCCURRED),
+        prev_hash="f" * 64, hash="d" * 64,
+    ),
+    JobEvent(
+        tenant_id="acme", job_id="job-42", seq=9, epoch=4, occurred_at=OCCURRED,
+        payload=ToolInDoubt(step_key="0005:charge:77aa", name="charge", attempt=1,
+                            reason="started without a result; not idempotent"),
+        prev_hash="d" * 64, hash="c" * 64,
+    ),
+    JobSnapshot(
+        job_id="job-42", tenant_id="acme", covers_seq=6, created_at=OCCURRED, omitted_steps=3,
+        steps=[
+            StepOutcome(seq=4, step_key="0004:llm", kind=StepKind.LLM, name="llm",
+                        status=StepStatus.COMPLETED, result='{"text": "ok"}'),
+            StepOutcome(seq=5, step_key="0005:charge:77aa", kind=StepKind.TOOL, name="charge",
+                        status=StepStatus.FAILED, error_type="TerminalError",
+                        error_message="card declined"),
+            StepOutcome(seq=6, step_key="0006:confirm", kind=StepKind.CONFIRM, name="confirm",
+                        status=StepStatus.IN_DOUBT),
+        ],
+    ),
+    JobSnapshot(job_id="job-43", tenant_id="acme", covers_seq=0, created_at=OCCURRED, steps=[]),
 ]
 
 
@@ -90,6 +133,10 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, str | None]:
         if isinstance(value, tuple):
             flat[f"{name}@type"] = value[0]
             flat.update(_flatten(value[1], f"{name}."))
+        elif isinstance(value, list):  # the contract's arrays all hold records
+            flat[f"{name}#"] = str(len(value))
+            for index, item in enumerate(value):
+                flat.update(_flatten(item, f"{name}.{index}."))
         elif isinstance(value, dict):
             flat.update(_flatten(value, f"{name}."))
         elif value is None:
@@ -107,7 +154,8 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, str | None]:
 def java_interop(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The command line that runs the compiled AvroInterop (minus mode and schema files)."""
     if shutil.which("javac") is None or shutil.which("java") is None:
-        pytest.skip("needs a JDK (javac and java)")
+        # Never a skip: without it the wire contract with Java clients would go unproven.
+        pytest.fail("the Avro interop tests need a JDK 17 (javac and java) on PATH")
     from aetheris.dev.jars import classpath
 
     home = Path(os.environ.get("AETHERIS_HOME", "~/.aetheris")).expanduser()

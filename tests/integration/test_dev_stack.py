@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka.admin import NewTopic
 
 from aetheris.config import Settings
 from aetheris.dev.stack import DevStack
-from aetheris.kafka.clients import make_admin
+from aetheris.kafka.clients import make_admin, make_consumer, make_producer
 from aetheris.kafka.topics import COMMANDS
-from tests.conftest import free_port, jar_home
+from tests.conftest import free_port, share_jar_cache
 
 pytestmark = pytest.mark.integration
+
+KEPT_TOPIC = "dev-stack-kept"
 
 
 @pytest.fixture
@@ -29,10 +33,30 @@ def dev_env(server_home: Path) -> dict[str, str]:
         "AETHERIS_DEV_POSTGRES_PORT": str(free_port()),
         "AETHERIS_PARTITIONS": "4",
     })
-    # Reuse the jar cache instead of downloading again for this fresh home.
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "jars").symlink_to(jar_home() / "jars")
+    share_jar_cache(tmp_path / "home")
     return env
+
+
+def write_kept_record(bootstrap: str) -> None:
+    """A topic ``dev up`` does not create, holding one record: only the broker's disk keeps them."""
+    admin = make_admin(bootstrap)  # kept referenced: a collected client cancels its requests
+    admin.create_topics([NewTopic(KEPT_TOPIC, 1, 1)])[KEPT_TOPIC].result(30)
+    producer = make_producer(bootstrap)
+    producer.produce(KEPT_TOPIC, key=b"acme", value=b"written before down")
+    assert producer.flush(30) == 0
+
+
+def read_kept_records(bootstrap: str) -> list[bytes]:
+    consumer = make_consumer(bootstrap, f"kept-{uuid.uuid4().hex}")
+    consumer.subscribe([KEPT_TOPIC])
+    try:
+        for _ in range(120):
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                return [bytes(message.value())]
+    finally:
+        consumer.close()
+    return []
 
 
 def aetheris(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -55,6 +79,7 @@ def test_up_status_down_up_keeps_data_and_topics(dev_env: dict[str, str]) -> Non
         assert state is not None and state.broker == "kafka"
         with psycopg.connect(state.database_url, autocommit=True) as conn:
             conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('acme', 'Acme')")
+        write_kept_record(state.bootstrap)
 
         # Other commands find the running stack without any address in the environment.
         topics = aetheris(dev_env, "topics", "init")
@@ -74,6 +99,8 @@ def test_up_status_down_up_keeps_data_and_topics(dev_env: dict[str, str]) -> Non
             assert conn.execute("SELECT name FROM tenants").fetchall() == [("Acme",)]
         metadata = make_admin(state.bootstrap).list_topics(timeout=30)
         assert len(metadata.topics[COMMANDS].partitions) == 4
+        assert KEPT_TOPIC in metadata.topics  # `up` creates only the five Aetheris topics
+        assert read_kept_records(state.bootstrap) == [b"written before down"]
     finally:
         aetheris(dev_env, "dev", "down")
 

@@ -1,14 +1,20 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from confluent_kafka.admin import NewTopic
 
+from aetheris import Client
+from aetheris.config import Settings
 from aetheris.dev.brokers import KafkaBroker, make_broker
 from aetheris.kafka.clients import make_admin, make_consumer, make_producer
-from tests.conftest import Broker, free_port, jar_home
+from aetheris.kafka.topics import ensure_topics, topic_specs
+from aetheris.outbox import job_history, verify_chain
+from tests.conftest import Broker, Stack, free_port, jar_home, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +41,32 @@ def test_produce_consume_on_each_broker(any_broker: Broker, topic_prefix: str) -
     admin = make_admin(any_broker.bootstrap)
     admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
     assert round_trip(any_broker.bootstrap, topic, b"hello") == b"hello"
+
+
+@pytest.fixture
+def tansu_stack(tansu: Broker, database_url: str, topic_prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    """Workers on Tansu (AETHERIS_BROKER=tansu, so they take its profile), with their own topics."""
+    settings = Settings(kafka_bootstrap=tansu.bootstrap, database_url=database_url, broker="tansu",
+                        topic_prefix=topic_prefix, partitions=3, home=tmp_path / "home")
+    ensure_topics(make_admin(tansu.bootstrap), topic_specs(settings), profile=tansu.profile)
+    with running_stack(settings, tmp_path) as stack:
+        yield stack
+
+
+@pytest.mark.tansu
+def test_submit_job_round_trips_through_a_worker_on_tansu(tansu_stack: Stack) -> None:
+    tansu_stack.start_worker()
+    with Client(tansu_stack.settings) as client:
+        job_id = client.submit("steps", {"count": 2}, tenant="acme")
+        assert client.result(job_id, timeout=90) == [{"executions": 1}, {"executions": 1}]
+    assert tansu_stack.effects(job_id) == 2
+    with psycopg.connect(tansu_stack.database_url) as conn:
+        rows = job_history(conn, job_id)
+    verify_chain(rows)
+    assert [row.type for row in rows] == [
+        "JobSubmitted", "JobAccepted", "JobStarted", "ToolStarted", "ToolCompleted", "ToolStarted",
+        "ToolCompleted", "JobCompleted",
+    ]
 
 
 def test_kafka_topics_and_records_survive_a_restart(tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
 from aetheris.db import migrate as migrations
 from aetheris.errors import MigrationError
+from tests.conftest import Postgres, drop_created_databases
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +69,31 @@ def test_a_failing_migration_leaves_nothing_half_applied(
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("SELECT to_regclass('half')").fetchone() == (None,)
     assert 9999 not in migrations.applied_versions(empty_database_url)
+
+
+def _databases(server: Postgres) -> set[str]:
+    with psycopg.connect(server.admin_url) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def test_session_cleanup_drops_only_the_databases_it_created(postgres: Postgres) -> None:
+    # Someone else's databases on a shared server, named like ours and like our LIKE pattern's
+    # wildcard would match ("_" matches any character).
+    tag = uuid.uuid4().hex[:8]
+    bystanders = [f"aetheris_t{tag}_theirs", f"aetheris-t{tag}"]
+    with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+        for name in bystanders:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        session = Postgres(postgres.admin_url)
+        template = f"aetheris_t{tag}_template"
+        session.create_database(template)
+        session.create_database(f"aetheris_t{tag}_clone", template=template)
+        drop_created_databases(session)
+        remaining = {name for name in _databases(postgres) if tag in name}
+        assert remaining == set(bystanders)
+        assert session.created == []
+    finally:
+        with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+            for name in bystanders:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"'.encode())

@@ -19,8 +19,11 @@ def test_wheel_ships_schemas_migrations_jar_lock_and_examples(tmp_path: Path) ->
                     str(REPO)], check=True, timeout=300)
     [wheel] = tmp_path.glob("aetheris-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    schemas = {Path(n).name for n in names if n.startswith("aetheris/_avro_schemas/")}
-    assert schemas == {p.name for p in (REPO / "avro_schemas").glob("*.avsc")}
+    shipped = {n.removeprefix("aetheris/_avro_schemas/") for n in names
+               if n.startswith("aetheris/_avro_schemas/")}
+    source = REPO / "avro_schemas"
+    assert shipped == {str(p.relative_to(source)) for p in source.rglob("*") if p.is_file()}
+    assert "history/README.md" in shipped  # earlier schema versions ship beside the current ones
     migrations = {Path(n).name for n in names if n.startswith("aetheris/db/migrations/")}
     assert {p.name for p in (REPO / "aetheris/db/migrations").glob("*.sql")} <= migrations
     assert {"aetheris/dev/kafka/jars.lock", "aetheris/dev/kafka/pom.xml",

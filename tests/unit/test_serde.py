@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,10 +60,12 @@ from aetheris.kafka.messages import (
     ToolStarted,
     WaitingReason,
 )
-from aetheris.kafka.schemas import NAMESPACE, SchemaCatalog, load_documents
+from aetheris.kafka.schemas import NAMESPACE, SchemaCatalog, load_documents, load_history, make_schema
 from aetheris.kafka.serde import AvroSerde, Framing, detect_framing
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 T0 = datetime(2025, 11, 25, 9, 0, 0, 250000, tzinfo=UTC)
 T1 = datetime(2025, 11, 25, 9, 5, 0, tzinfo=UTC)
@@ -283,6 +288,52 @@ def test_old_reader_reads_new_single_object_records() -> None:
     command = old.decode_command(data)
     assert isinstance(command.body, SubmitJob) and command.body.job_id == "j"
     assert "priority" not in old.decode(data)["body"][1]
+
+
+def _contract_copy(tmp_path: Path) -> Path:
+    contract = tmp_path / "avro_schemas"
+    shutil.copytree(REPO / "avro_schemas", contract)
+    return contract
+
+
+def test_a_version_shipped_in_history_is_read_by_the_current_reader(tmp_path: Path) -> None:
+    # Yesterday's JobState, before error_message was added: its records carry its fingerprint.
+    documents = copy.deepcopy(load_documents())
+    fields = documents["JobState.avsc"]["fields"]
+    documents["JobState.avsc"]["fields"] = [f for f in fields if f["name"] != "error_message"]
+    old = AvroSerde(catalog=SchemaCatalog(documents))
+    state = JobState(job_id="j", tenant_id="t", agent="a", status=JobStatus.FAILED, last_seq=4,
+                     created_at=T0, updated_at=T0, error_type="ValueError")
+    record = state.to_avro()
+    del record["error_message"]
+    data = old.encode("JobState", record)
+    contract = _contract_copy(tmp_path)
+    with pytest.raises(UnknownSchemaError, match="avro_schemas/history/"):
+        AvroSerde(catalog=SchemaCatalog.from_directory(contract)).decode(data)
+
+    previous = old.catalog.current("JobState")
+    (contract / "history" / f"JobState.{previous.fingerprint_hex}.avsc").write_text(previous.to_json())
+    current = AvroSerde(catalog=SchemaCatalog.from_directory(contract))
+    assert current.catalog.current("JobState").fingerprint != previous.fingerprint
+    assert current.decode_model(data, JobState) == state  # error_message: the reader's default
+
+
+def test_a_history_entry_must_be_a_version_of_a_current_type(tmp_path: Path) -> None:
+    contract = _contract_copy(tmp_path)
+    stray = {"type": "record", "name": f"{NAMESPACE}.Retired", "fields": [{"name": "x", "type": "int"}]}
+    (contract / "history" / "Retired.avsc").write_text(json.dumps(stray))
+    with pytest.raises(SerdeError, match=r"history/Retired\.avsc is a version of no current type"):
+        SchemaCatalog.from_directory(contract)
+
+
+def test_shipped_history_is_loaded_and_consistent() -> None:
+    shipped = load_history()
+    catalog = SchemaCatalog.from_directory()
+    for source, document in shipped.items():
+        writer = catalog.writer(make_schema(document).fingerprint)
+        assert writer is not None, source
+        assert writer.fullname in catalog.names, source
+    assert len(catalog.writers()) == len(catalog.names) + len(shipped)
 
 
 def test_evolution_through_the_registry() -> None:

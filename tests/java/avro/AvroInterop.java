@@ -5,7 +5,8 @@
 //
 // Records travel as one JSON object per line with a flat field map, so this program needs no
 // per-type code: nested fields are "outer.inner", the branch taken by a union of records is
-// "field@type" (full record name), every value is a string (or JSON null), timestamps are epoch
+// "field@type" (full record name), an array of records is "field#" (its length) plus
+// "field.INDEX.inner" per item, every value is a string (or JSON null), timestamps are epoch
 // milliseconds, enums their symbol.
 //   encode: {"schema": NAME, "fields": {...}}  -> hex of Avro single-object encoding
 //   decode: {"schema": NAME, "hex": HEX}      -> {"fields": {...}}
@@ -22,6 +23,7 @@ import java.io.InputStreamReader;
 import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.util.HexFormat;
+import java.util.List;
 import java.util.Map;
 import org.apache.avro.Schema;
 import org.apache.avro.SchemaNormalization;
@@ -88,6 +90,13 @@ public final class AvroInterop {
         record.put(field.name(), build(branch, flat, key + "."));
       } else if (type.getType() == Schema.Type.RECORD) {
         record.put(field.name(), build(type, flat, key + "."));
+      } else if (type.getType() == Schema.Type.ARRAY) {
+        int count = Integer.parseInt(flat.get(key + "#").asText());
+        GenericData.Array<GenericRecord> items = new GenericData.Array<>(count, type);
+        for (int i = 0; i < count; i++) {
+          items.add(build(type.getElementType(), flat, key + "." + i + "."));
+        }
+        record.put(field.name(), items);
       } else {
         JsonNode value = flat.get(key);
         record.put(field.name(), value == null || value.isNull() ? null : scalar(type, value.asText()));
@@ -127,6 +136,11 @@ public final class AvroInterop {
           out.put(key + "@type", nested.getSchema().getFullName());
         }
         flatten(nested, key + ".", out);
+      } else if (value instanceof List<?> items) {
+        out.put(key + "#", String.valueOf(items.size()));
+        for (int i = 0; i < items.size(); i++) {
+          flatten((GenericRecord) items.get(i), key + "." + i + ".", out);
+        }
       } else if (value == null) {
         out.putNull(key);
       } else {
