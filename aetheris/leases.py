@@ -2,7 +2,8 @@
 
 A worker that is assigned a partition bumps its epoch and writes only under that epoch; every
 ledger transaction begins with ``aetheris_fence(partition, epoch)`` (see the migrations), which
-fails with SQLSTATE ``AE001`` once another worker has claimed the partition.
+fails with SQLSTATE ``AE001`` once another worker has claimed the partition. The fence holds the
+partition's advisory lock shared and a claim takes it exclusively, so the two never interleave.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import psycopg
 from aetheris.errors import FencedError
 
 FENCED_SQLSTATE = "AE001"
+LEASE_LOCK_SPACE = 1095062600
+"""First key of the partitions' advisory locks ('AETH'; see migration 0007)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class Lease:
 async def claim(conn: psycopg.AsyncConnection, partition: int, owner: str) -> int:
     """Take the partition: bump its epoch and return the new fencing token."""
     async with conn.transaction():
+        # Exclusive against the fence's shared lock: a commit that passed the fence under the
+        # old epoch finishes before the epoch moves on.
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LEASE_LOCK_SPACE, partition))
         cursor = await conn.execute(
             """
             INSERT INTO partition_leases (partition, owner, epoch, claimed_at, heartbeat_at)
@@ -48,8 +54,7 @@ async def claim(conn: psycopg.AsyncConnection, partition: int, owner: str) -> in
 
 async def heartbeat(conn: psycopg.AsyncConnection, owner: str, epochs: dict[int, int]) -> None:
     """Refresh ``heartbeat_at`` of the partitions this owner still holds under these epochs."""
-    # One row per statement (autocommit): a statement that locked several lease rows could
-    # deadlock with group commits, which hold share locks on several of them.
+    # One row per statement (autocommit): each row lock is held for an instant only.
     for partition, epoch in sorted(epochs.items()):
         await conn.execute(
             "UPDATE partition_leases SET heartbeat_at = now() "

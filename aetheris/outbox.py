@@ -12,21 +12,25 @@ export recomputes the chain from the same rows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
+from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Producer
+import structlog
+from confluent_kafka import KafkaError, Producer
 
 from aetheris.kafka.messages import EVENT_TYPES, AvroRecord, JobEvent
 from aetheris.kafka.serde import AvroSerde
 
 MARK_INTERVAL_S = 0.05
+
+log = structlog.get_logger("aetheris.outbox")
 
 
 @dataclass
@@ -134,7 +138,12 @@ def verify_chain(rows: Iterable[EventRow]) -> None:
 
 
 class OutboxPublisher:
-    """Publishes committed events in order and records how far it got."""
+    """Publishes committed events in order and records how far it got.
+
+    Delivery is learnt from the producer's delivery reports, served by ``poll`` on the event
+    loop: no thread sits in ``flush`` beside the loop's ``produce`` calls (librdkafka's queue
+    locks made every ``produce`` wait for it).
+    """
 
     def __init__(self, pool: Any, producer: Producer, serde: AvroSerde, topic: str) -> None:
         self.pool = pool
@@ -143,9 +152,9 @@ class OutboxPublisher:
         self.topic = topic
         self._queued: list[EventRow] = []
         self._produce_scheduled = False
-        self._pending: list[EventRow] = []
-        self._unmarked: list[EventRow] = []
-        self._flusher = ThreadPoolExecutor(1, "aetheris-outbox")
+        # Appended to by delivery reports, which a flush in a worker thread may serve too.
+        self._delivered: deque[EventRow] = deque()
+        self._failed: deque[EventRow] = deque()
         self._wakeup = asyncio.Event()
 
     def publish(self, rows: Iterable[EventRow]) -> None:
@@ -167,17 +176,24 @@ class OutboxPublisher:
                 self.producer.produce(
                     self.topic, key=row.tenant_id.encode(),
                     value=self.serde.encode_event(row.to_envelope()), partition=row.partition,
+                    on_delivery=functools.partial(self._on_delivery, row),
                 )
             except BufferError:
                 # The producer's queue is full: the rest waits for deliveries to make room.
                 self._queued[:0] = rows[done:]
-                rows = rows[:done]
                 self._produce_scheduled = True
                 asyncio.get_running_loop().call_later(0.01, self._produce_queued)
                 break
-        self._pending.extend(rows)
         self.producer.poll(0)
         self._wakeup.set()
+
+    def _on_delivery(self, row: EventRow, error: KafkaError | None, _message: Any) -> None:
+        if error is None:
+            self._delivered.append(row)
+        else:
+            log.warning("event not delivered; producing it again", job_id=row.job_id, seq=row.seq,
+                        error=str(error))
+            self._failed.append(row)
 
     async def publish_unpublished(self, partition: int) -> int:
         """Publish whatever an earlier owner committed but did not publish (on adoption)."""
@@ -191,31 +207,35 @@ class OutboxPublisher:
         return len(rows)
 
     async def run(self) -> None:
-        """Flush the producer and mark delivered rows published, until cancelled."""
+        """Serve delivery reports and mark delivered rows published, until cancelled."""
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            try:
-                await self.flush()
-            except psycopg.Error:
-                # Delivered but not marked: marked on the next flush (or re-published on
-                # adoption, which consumers dedupe by (job_id, seq)).
-                await asyncio.sleep(1)
-                self._wakeup.set()
             # Marking is bookkeeping for adoption, not delivery (the producer sends on its own
             # linger): doing it at most every MARK_INTERVAL_S keeps it off each step's path.
             await asyncio.sleep(MARK_INTERVAL_S)
+            self.producer.poll(0)
+            if self._failed:
+                self.publish(_drain(self._failed))
+            try:
+                await self._mark()
+            except psycopg.Error:
+                # Delivered but not marked: marked next time (or re-published on adoption,
+                # which consumers dedupe by (job_id, seq)).
+                await asyncio.sleep(1)
+            if len(self.producer) or self._delivered:  # messages still on their way
+                self._wakeup.set()
 
     async def flush(self) -> None:
         """Wait for delivery of everything queued so far and mark it published."""
         self._produce_queued()
-        batch, self._pending = self._pending, []
-        if batch:
-            if await asyncio.get_running_loop().run_in_executor(self._flusher, self.producer.flush, 30):
-                self._pending[:0] = batch  # retried on the next flush
-                return
-            self._unmarked.extend(batch)
-        marked, self._unmarked = self._unmarked, []
+        if len(self.producer):
+            # Rare (release, shutdown): blocking on deliveries is worth a thread here.
+            await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30)
+        await self._mark()
+
+    async def _mark(self) -> None:
+        marked = _drain(self._delivered)
         if not marked:
             return
         try:
@@ -226,5 +246,13 @@ class OutboxPublisher:
                     ([r.job_id for r in marked], [r.seq for r in marked]),
                 )
         except BaseException:
-            self._unmarked[:0] = marked
+            self._delivered.extendleft(reversed(marked))
             raise
+
+
+def _drain(rows: deque[EventRow]) -> list[EventRow]:
+    """Take everything from ``rows``, safe against appends from another thread meanwhile."""
+    taken = []
+    while rows:
+        taken.append(rows.popleft())
+    return taken

@@ -24,7 +24,7 @@ import typer
 from rich.markup import escape
 
 import aetheris
-from aetheris.cli._common import console, current_settings, err_console
+from aetheris.cli._common import broker_notice, console, current_settings, err_console
 from aetheris.client import Client, JobInfo
 from aetheris.config import Settings
 from aetheris.dev.stack import DevStack
@@ -106,8 +106,8 @@ def _ensure_stack(settings: Settings) -> bool:
     if state is not None:
         _step(f"using the running dev stack ({state.broker} at {state.bootstrap})")
         return True
-    if stack.broker.profile.limits:
-        err_console.print(f"note: no Java found, using {stack.broker.profile.limits}", markup=False)
+    if notice := broker_notice(settings, stack.broker.profile):
+        err_console.print(notice, markup=False)
     with err_console.status("starting the dev stack") as status:
         state = stack.up(lambda what: status.update(f"starting the dev stack: {what}"))
     _step(f"started the dev stack in the background ({state.broker} at {state.bootstrap}, "

@@ -188,6 +188,8 @@ class JobContext(Context):
                 # tokens stays visible in the history even if its response is lost.
                 self._unwritten.add(key)
             else:
+                if self._job.unsettled_effect:
+                    await self._runtime.flush(self._job)  # the previous effect's outcome first
                 await self._commit(lambda tx: self._started(tx, step, insert=True))
         else:
             outcome = self._recorded_outcome(step)
@@ -247,12 +249,11 @@ class JobContext(Context):
             step.status, step.result, step.finished_at = COMPLETED, result, _now()
             complete = functools.partial(self._completed, step=step,
                                          duration_ms=int((time.monotonic() - began) * 1000))
-            if definition.idempotent:
-                # Losing the outcome only means running the step again with the same key, so it
-                # rides with the job's next write instead of costing a commit of its own.
-                self._runtime.defer(self._job, complete)
-            else:
-                await self._commit(complete)
+            # The outcome rides with the job's next write (the next step's start, a wait, the
+            # job's end) or is committed as soon as the job awaits anything else. Lost in a
+            # crash before that, an idempotent step runs again with the same key; any other is
+            # in doubt, exactly as if the crash had come just before its own commit.
+            self._runtime.defer(self._job, complete, effect_outcome=not definition.idempotent)
             self._advance_clock(step)
             return result
 

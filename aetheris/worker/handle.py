@@ -41,6 +41,9 @@ class JobHandle:
     rerun: bool = False
     deferred: list[Callable[[FencedTransaction], None]] = field(default_factory=list)
     """Writes that ride along with the job's next transaction (e.g. JobStarted)."""
+    unsettled_effect: bool = False
+    """A deferred write is the outcome of a non-idempotent effect: it must commit on its own
+    before another such effect starts (see JobContext._effect)."""
     flusher: asyncio.Task[None] | None = None
     """Commits the deferred writes if the job awaits something else first."""
     flush_error: BaseException | None = None

@@ -64,6 +64,7 @@ async def reload(conn: psycopg.AsyncConnection, handle: JobHandle) -> None:
     handle.status, handle.waiting_reason, handle.cursor = fresh.status, fresh.waiting_reason, fresh.cursor
     handle.steps, handle.inbox = fresh.steps, fresh.inbox
     handle.deferred.clear()
+    handle.unsettled_effect = False
 
 
 async def job_status(conn: psycopg.AsyncConnection, job_id: str) -> tuple[str, str] | None:

@@ -71,7 +71,7 @@ async def _flush_before_leaving(runtime: Runtime, handle: JobHandle) -> None:
     try:
         await runtime.flush(handle)
     except (AetherisError, *DATABASE_UNAVAILABLE) as exc:
-        # Only outcomes of idempotent steps are deferred: the next owner runs them again.
+        # The next owner runs an idempotent step again and parks a non-idempotent one in doubt.
         log.warning("deferred writes not committed before eviction", job_id=handle.job_id,
                     error=str(exc))
 

@@ -100,16 +100,30 @@ class Runtime:
             except BaseException:
                 handle.deferred[:0] = deferred
                 raise
+            if deferred and not handle.deferred:
+                handle.unsettled_effect = False
             self.publisher.publish(events)
         for callback in tx.committed:
             callback()
         return events
 
-    def defer(self, handle: JobHandle, write: Callable[[FencedTransaction], None]) -> None:
+    def defer(self, handle: JobHandle, write: Callable[[FencedTransaction], None], *,
+              effect_outcome: bool = False) -> None:
         """Let ``write`` ride with the job's next transaction, or commit it once the job awaits
-        something else: it is never left behind for long."""
+        something else: it is never left behind for long.
+
+        ``effect_outcome`` marks the outcome of a non-idempotent effect, which must not share a
+        transaction with the start of the next one: that would leave no moment at which a crash
+        finds the job between two effects, and every crash would make one of them in doubt.
+        """
         handle.deferred.append(write)
-        if handle.flusher is None:
+        handle.unsettled_effect |= effect_outcome
+        # Checked once the job's task yields: a job that goes straight on to its next write has
+        # carried the deferred writes with it by then, and no flusher task is needed.
+        asyncio.get_running_loop().call_soon(self._flush_if_left, handle)
+
+    def _flush_if_left(self, handle: JobHandle) -> None:
+        if handle.deferred and handle.flusher is None:
             handle.flusher = asyncio.get_running_loop().create_task(self._flush_soon(handle))
 
     async def _flush_soon(self, handle: JobHandle) -> None:

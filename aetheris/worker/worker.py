@@ -121,6 +121,8 @@ class Worker:
             await self._consume(consumer, stop)
         finally:
             await self._shutdown(consumer, background)
+            if runtime.committer is not None:
+                await runtime.committer.close()
             await pool.close()
 
     # -- Kafka ------------------------------------------------------------------------------
