@@ -333,6 +333,9 @@ class Stack:
         """Start a worker; wait until it owns ``wait_for`` partitions (default: all)."""
         instance_id = instance_id or f"w-{uuid.uuid4().hex[:6]}"
         log = self.tmp / f"{instance_id}-{len(self.workers)}.log"
+        # Leases count only once claimed by this process: a SIGKILLed predecessor with the same
+        # id still names it as their owner.
+        [(started,)] = self.query("SELECT now()")
         args = [sys.executable, "-m", "aetheris", "worker", "--agents", "tests.agents",
                 "--llm-provider", "tests.agents:llm", "--instance-id", instance_id,
                 "--shutdown-timeout", "5"]
@@ -342,14 +345,16 @@ class Stack:
         worker = WorkerProcess(proc, log, instance_id)
         self.workers.append(worker)
         expected = self.settings.partitions if wait_for is None else wait_for
-        self.wait(lambda: self.owned(instance_id) >= expected, 60,
+        self.wait(lambda: self.owned(instance_id, since=started) >= expected, 60,
                   f"{instance_id} never owned {expected} partitions:\n{worker.output()[-3000:]}")
         return worker
 
-    def owned(self, instance_id: str) -> int:
+    def owned(self, instance_id: str, since: object = None) -> int:
+        """Partitions ``instance_id`` owns (claimed at ``since`` or later, when given)."""
         with psycopg.connect(self.database_url) as conn:
-            row = conn.execute("SELECT count(*) FROM partition_leases WHERE owner = %s",
-                               (instance_id,)).fetchone()
+            row = conn.execute("SELECT count(*) FROM partition_leases WHERE owner = %s "
+                               "AND (%s::timestamptz IS NULL OR claimed_at >= %s)",
+                               (instance_id, since, since)).fetchone()
         return int(row[0]) if row else 0
 
     def effects(self, job_id: str | None = None, name: str | None = None) -> int:

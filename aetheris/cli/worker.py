@@ -84,4 +84,4 @@ def workers() -> None:
     for lease in rows:
         beat = lease.heartbeat_at.isoformat(timespec="seconds") if lease.heartbeat_at else "-"
         console.print(f"partition {lease.partition:3}  epoch {lease.epoch:5}  "
-                      f"owner {lease.owner or '-':30}  heartbeat {beat}")
+                      f"owner {lease.owner or '-':30}  heartbeat {beat}", soft_wrap=True)

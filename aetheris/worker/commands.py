@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import structlog
 
 from aetheris.errors import TerminalError
@@ -39,12 +40,25 @@ class CommandProcessor:
         self.reject = reject
 
     async def submit(self, partition: int, commands: list[m.Command]) -> None:
-        """Record a batch of SubmitJob commands of one partition in one fenced transaction."""
+        """Record a batch of SubmitJob commands of one partition in one fenced transaction.
+
+        Optimistic: a repeated submission is rare, so the batch is first written as if every
+        job were new (one round trip); only when a job id turns out to be taken are the
+        existing ones looked up and the batch written again without them.
+        """
         bodies = {c.body.job_id: c for c in commands if isinstance(c.body, m.SubmitJob)}
-        async with self.runtime.pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT job_id, tenant_id FROM jobs WHERE job_id = ANY(%s)", (list(bodies),))
-            existing = dict(await cursor.fetchall())
+        try:
+            await self._record_batch(partition, bodies, {})
+        except psycopg.errors.UniqueViolation:
+            async with self.runtime.pool.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT job_id, tenant_id FROM jobs WHERE job_id = ANY(%s)", (list(bodies),))
+                existing = dict(await cursor.fetchall())
+            await self._record_batch(partition, bodies, existing)
+
+    async def _record_batch(
+        self, partition: int, bodies: dict[str, m.Command], existing: dict[str, str]
+    ) -> None:
         tx = FencedTransaction(partition, self.runtime.epoch(partition))
         accepted: list[JobHandle] = []
         for job_id, command in bodies.items():

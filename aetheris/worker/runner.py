@@ -28,6 +28,25 @@ DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTi
 async def run_job(runtime: Runtime, handle: JobHandle) -> None:
     """Run (or resume by replay) the agent until it finishes, parks, or the job is taken away."""
     handle.runs += 1
+    try:
+        await _run_to_the_end(runtime, handle)
+    except JobParked as parked:
+        log.debug("job parked", job_id=handle.job_id, reason=parked.reason)
+    except (JobCancelled, JobEvicted, asyncio.CancelledError) as stopped:
+        if isinstance(stopped, JobEvicted):
+            await _flush_before_leaving(runtime, handle)
+    except DATABASE_UNAVAILABLE as exc:
+        # The outcome of the last write is unknown: the worker reloads the job and replays it.
+        log.warning("database unavailable; job will be reloaded", job_id=handle.job_id, error=str(exc))
+        handle.stale = True
+    except FencedError as exc:
+        log.warning("partition fenced; dropping it", job_id=handle.job_id, error=str(exc))
+        runtime.lose(handle.partition, epoch=handle.epoch)
+
+
+async def _run_to_the_end(runtime: Runtime, handle: JobHandle) -> None:
+    """The agent's run and the write that records how it ended (completed or failed); what
+    stops a job otherwise (parking, cancellation, fencing, a lost database) propagates."""
     ctx = JobContext(runtime, handle)
     try:
         if handle.status in ("SUBMITTED", "RUNNING"):
@@ -37,22 +56,8 @@ async def run_job(runtime: Runtime, handle: JobHandle) -> None:
         if ctx.nondeterminism is not None:
             raise ctx.nondeterminism  # the agent caught it: the job still fails with it
         result = to_json_value(value, f"{handle.agent} result")
-    except JobParked as parked:
-        log.debug("job parked", job_id=handle.job_id, reason=parked.reason)
-        return
-    except (JobCancelled, JobEvicted, asyncio.CancelledError) as stopped:
-        if isinstance(stopped, JobEvicted):
-            await _flush_before_leaving(runtime, handle)
-        return
-    except DATABASE_UNAVAILABLE as exc:
-        # The outcome of the last write is unknown: the worker reloads the job and replays it.
-        log.warning("database unavailable; job will be reloaded", job_id=handle.job_id, error=str(exc))
-        handle.stale = True
-        return
-    except FencedError as exc:
-        log.warning("partition fenced; dropping it", job_id=handle.job_id, error=str(exc))
-        runtime.lose(handle.partition, epoch=handle.epoch)
-        return
+    except (FencedError, *DATABASE_UNAVAILABLE):
+        raise
     except NonDeterminismError as exc:
         await _fail_nondeterministic(runtime, handle, exc)
         return
@@ -100,10 +105,7 @@ async def _fail(
     error = error_record(exc, final=True)
     payload = m.JobFailed(error_type=error["type"], error_message=error["message"],
                           traceback="".join(traceback.format_exception(exc))[-4000:])
-    try:
-        await _finish(runtime, handle, "FAILED", payload, error=error, before=before)
-    except (FencedError, JobCancelled):
-        return
+    await _finish(runtime, handle, "FAILED", payload, error=error, before=before)
 
 
 async def _finish(

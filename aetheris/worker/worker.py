@@ -96,6 +96,9 @@ class Worker:
         self._slots = asyncio.Semaphore(self.options.concurrency)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kafka_thread = ThreadPoolExecutor(1, "aetheris-kafka")
+        self._dead_lettered = False
+        self._origins: dict[str, str] = {}
+        """Where each command of the batch being applied was read (for dead-letter headers)."""
         self.runtime: Runtime | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -163,6 +166,10 @@ class Worker:
             batch = await self._kafka(_fetch, consumer, self.options.batch_size)
             if batch:
                 committed = await self._process(batch, consumer)
+                if self._dead_lettered:
+                    # A dead letter must be in Kafka before the offset that skips its record.
+                    self._dead_lettered = False
+                    await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30)
                 if committed:
                     await self._kafka(consumer.commit, offsets=committed, asynchronous=True)
 
@@ -177,6 +184,7 @@ class Worker:
                     log.warning("consumer error", error=str(error))
                 continue
             by_partition[message.partition() or 0].append(message)
+        self._origins.clear()
         offsets = []
         for partition, messages in by_partition.items():
             if partition not in self.runtime.epochs:
@@ -227,6 +235,7 @@ class Worker:
             self._dead_letter(message.key(), message.value(),
                               "record key does not match the command's tenant_id", "TenantMismatch", origin)
             return None
+        self._origins[command.command_id] = origin
         return command
 
     async def _apply(self, partition: int, commands: list[m.Command]) -> None:
@@ -240,7 +249,7 @@ class Worker:
 
     def _reject(self, command: m.Command, reason: str) -> None:
         self._dead_letter(command.tenant_id.encode(), self.serde.encode_command(command), reason,
-                          "Rejected", None)
+                          "Rejected", self._origins.get(command.command_id))
 
     def _dead_letter(self, key: bytes | None, value: bytes | None, reason: str, kind: str,
                      origin: str | None) -> None:
@@ -250,6 +259,7 @@ class Worker:
             headers.append(("aetheris.source", origin.encode()))
         self.producer.produce(self.dead_letter_topic, key=key, value=value, headers=headers)
         self.producer.poll(0)
+        self._dead_lettered = True
         DEAD_LETTERS.labels(kind).inc()
         COMMANDS_METRIC.labels("unknown", "dead_letter").inc()
         log.warning("dead-lettered", reason=reason, kind=kind)

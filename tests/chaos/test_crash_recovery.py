@@ -9,7 +9,7 @@ import pytest
 
 from aetheris import Client, JobNotFoundError
 from tests.conftest import Stack
-from tests.events import assert_topic_mirrors_outbox
+from tests.events import assert_topic_mirrors_outbox, history, wait_commands_consumed
 
 pytestmark = pytest.mark.chaos
 
@@ -28,17 +28,46 @@ def ledger(stack: Stack, job_id: str) -> dict[str, tuple[object, ...]]:
     return {str(r[0]): r[1:] for r in rows}
 
 
-@pytest.mark.parametrize("chaos", ["kill:before_start:effect", "kill:after_complete:effect"])
-def test_kill_before_a_tool_or_after_its_commit(stack: Stack, chaos: str) -> None:
-    first = stack.start_worker("w1", AETHERIS_CHAOS=chaos)
+def per_step(stack: Stack, job_id: str) -> dict[str, tuple[int, str | None]]:
+    """Step name -> (executions, the one idempotency key they all carried)."""
+    rows = stack.query("SELECT name, count(*), count(DISTINCT idem_key), min(idem_key) FROM side_effects "
+                       "WHERE job_id = %s GROUP BY name", job_id)
+    assert all(keys == 1 for _, _, keys, _ in rows), rows  # a repeat reuses the step's key
+    return {str(name): (int(str(n)), str(key)) for name, n, _, key in rows}
+
+
+def completed_steps(stack: Stack, job_id: str) -> set[str]:
+    rows = stack.query("SELECT args->>'name' FROM ledger WHERE job_id = %s AND kind = 'tool' "
+                       "AND status = 'completed'", job_id)
+    return {str(r[0]) for r in rows}
+
+
+@pytest.mark.parametrize("tool", ["effect", "idempotent_effect"])
+@pytest.mark.parametrize("point", ["before_start", "after_complete"])
+def test_kill_before_a_tool_or_after_its_commit(stack: Stack, point: str, tool: str) -> None:
+    first = stack.start_worker("w1", AETHERIS_CHAOS=f"kill:{point}:{tool}")
     with Client(stack.settings) as client:
-        job_id = client.submit("steps", {"count": 3}, tenant="acme")
+        job_id = client.submit("steps", {"count": 3, "tool_name": tool}, tenant="acme")
         assert first.proc.wait(60) == -signal.SIGKILL
-        executed_before_restart = stack.effects(job_id)
+        at_kill, committed = per_step(stack, job_id), completed_steps(stack, job_id)
         stack.start_worker("w1")
-        assert client.result(job_id, timeout=60) == [{"executions": 1}] * 3
-    assert executed_before_restart == (0 if "before_start" in chaos else 1)
-    assert stack.effects(job_id) == 3
+        result = client.result(job_id, timeout=60)
+    if point == "before_start":
+        assert (at_kill, committed) == ({}, set())
+    else:
+        assert committed == {"step-0"} and at_kill["step-0"][0] == 1
+    # A step committed before the kill never runs again; any other runs once on the restarted
+    # worker (on top of a run the kill cut short, which only an idempotent tool can have had:
+    # it commits its row with the outcome, so its next step may be running when the kill comes).
+    expected = {f"step-{i}": at_kill.get(f"step-{i}", (0, None))[0] + (f"step-{i}" not in committed)
+                for i in range(3)}
+    final = per_step(stack, job_id)
+    assert {name: n for name, (n, _) in final.items()} == expected
+    assert result == [{"executions": expected[f"step-{i}"]} for i in range(3)]
+    if tool == "effect":
+        assert expected == dict.fromkeys(expected, 1)
+    keys = stack.query("SELECT args->>'name', idempotency_key FROM ledger WHERE job_id = %s", job_id)
+    assert {str(name): (expected[str(name)], str(key)) for name, key in keys} == final
     assert_topic_mirrors_outbox(stack.settings)
 
 
@@ -68,11 +97,11 @@ def test_kill_between_tool_and_commit_reruns_an_idempotent_tool_once(stack: Stac
         stack.start_worker("w1")
         result = client.result(job_id, timeout=60)
     assert result == [{"executions": 2}, {"executions": 1}, {"executions": 1}]
-    assert stack.effects(job_id, "step-0") == 2  # exactly once more
-    assert stack.effects(job_id) == 4
-    keys = stack.query("SELECT DISTINCT idem_key FROM side_effects WHERE job_id = %s AND name = 'step-0'",
-                       job_id)
-    assert len(keys) == 1  # the repeat carried the same idempotency key
+    steps = per_step(stack, job_id)  # the repeat carried the same idempotency key
+    assert {name: n for name, (n, _) in steps.items()} == {"step-0": 2, "step-1": 1, "step-2": 1}
+    # Every attempt the history records for the step names that same key.
+    started = [e.payload for e in history(stack.database_url, job_id) if e.type == "ToolStarted"]
+    assert {p["idempotency_key"] for p in started if p["args"].endswith('"step-0"}')} == {steps["step-0"][1]}
     assert_topic_mirrors_outbox(stack.settings)
 
 
@@ -87,8 +116,12 @@ def test_confirmation_survives_a_restart(stack: Stack) -> None:
         assert client.result(job_id, timeout=60) == {"status": "paid", "by": "bob"}
         client.confirm(job_id, approved=False, by="eve")
         client.signal(job_id, "noise")
-        assert client.result(job_id, timeout=5) == {"status": "paid", "by": "bob"}
-    assert stack.effects(job_id) == 2
+        wait_commands_consumed(stack.settings)
+        assert client.status(job_id).result == {"status": "paid", "by": "bob"}
+    assert (stack.effects(job_id, "before"), stack.effects(job_id, "after")) == (1, 1)
+    types = [e.type for e in history(stack.database_url, job_id)]
+    assert (types.count("ConfirmationReceived"), types.count("SignalReceived")) == (1, 0)
+    assert types[-1] == "JobCompleted"
     assert_topic_mirrors_outbox(stack.settings)
 
 

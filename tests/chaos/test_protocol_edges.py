@@ -4,57 +4,38 @@ recorded before they are made, and commands that can never be applied."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
-from confluent_kafka import Message, TopicPartition
 
-from aetheris import Client, JobNotFoundError
+from aetheris import Client
 from aetheris.kafka import messages as m
-from aetheris.kafka.clients import make_consumer, make_producer
-from aetheris.kafka.serde import AvroSerde
-from aetheris.kafka.topics import COMMANDS, DEAD_LETTER, topic_name
 from tests.conftest import Stack
-from tests.events import assert_topic_mirrors_outbox
+from tests.events import (
+    assert_topic_mirrors_outbox,
+    dead_letters,
+    headers,
+    history,
+    send_command,
+    status_of,
+    wait_commands_consumed,
+)
 
 pytestmark = pytest.mark.chaos
 
 
-def status(client: Client, job_id: str) -> str | None:
-    try:
-        return client.status(job_id).status
-    except JobNotFoundError:
-        return None
-
-
 def event_types(stack: Stack, job_id: str) -> list[str]:
-    rows = stack.query("SELECT type FROM job_events WHERE job_id = %s ORDER BY seq", job_id)
-    return [str(r[0]) for r in rows]
-
-
-def dead_letters(stack: Stack, count: int) -> list[Message]:
-    consumer = make_consumer(str(stack.settings.kafka_bootstrap), "dlq-check")
-    topic = topic_name(stack.settings, DEAD_LETTER)
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(stack.settings.partitions)])
-    records: list[Message] = []
-    deadline = time.monotonic() + 30
-    while len(records) < count and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is not None and message.error() is None:
-            records.append(message)
-    consumer.close()
-    return records
+    return [row.type for row in history(stack.database_url, job_id)]
 
 
 def test_non_determinism_caught_by_the_agent_still_fails_the_job(stack: Stack) -> None:
     first = stack.start_worker("w1")
     with Client(stack.settings) as client:
         job_id = client.submit("evolving_swallower", {}, tenant="acme")
-        stack.wait(lambda: status(client, job_id) == "WAITING", 30, "never waited")
+        stack.wait(lambda: status_of(client, job_id) == "WAITING", 30, "never waited")
         first.kill(signal.SIGKILL)
         stack.start_worker("w1", AETHERIS_TEST_VARIANT="v2")
         client.confirm(job_id, by="dave")
-        stack.wait(lambda: status(client, job_id) == "FAILED", 30, "non-determinism not reported")
+        stack.wait(lambda: status_of(client, job_id) == "FAILED", 30, "non-determinism not reported")
         error = client.status(job_id).error or {}
     assert error["type"] == "aetheris.errors.NonDeterminismError"
     assert stack.effects(job_id, "first") == 1
@@ -81,17 +62,6 @@ def test_an_llm_call_is_recorded_before_it_is_made_and_remade_after_a_crash(stac
     assert_topic_mirrors_outbox(stack.settings)
 
 
-def _produce_unvalidated(stack: Stack, tenant: str, bodies: list[m.CommandBody]) -> None:
-    """Commands as a foreign producer could write them: the schema fits, our checks never ran."""
-    serde = AvroSerde()
-    producer = make_producer(str(stack.settings.kafka_bootstrap))
-    for body in bodies:
-        command = m.Command(tenant_id=tenant, body=body)
-        producer.produce(topic_name(stack.settings, COMMANDS), key=tenant.encode(),
-                         value=serde.encode_command(command))
-    producer.flush(10)
-
-
 def test_commands_that_can_never_be_applied_are_dead_lettered_and_stall_nothing(stack: Stack) -> None:
     stack.start_worker()
     nul_input = m.SubmitJob.model_construct(job_id="nul-input", agent="steps", input='{"count": "\\u0000"}',
@@ -100,15 +70,16 @@ def test_commands_that_can_never_be_applied_are_dead_lettered_and_stall_nothing(
     # the batch's commands one by one.
     nul_id = m.SubmitJob(job_id="nul\x00id", agent="steps", input='{"count": 1}')
     good = m.SubmitJob(job_id="good", agent="steps", input='{"count": 1}')
-    _produce_unvalidated(stack, "acme", [nul_input, nul_id, good])
+    for body in (nul_input, nul_id, good):  # as a foreign producer could write them
+        send_command(stack.settings, m.Command(tenant_id="acme", body=body))
     with Client(stack.settings) as client:
         assert client.result("good", timeout=60) == [{"executions": 1}]
         later = client.submit("steps", {"count": 1}, tenant="acme")
         assert client.result(later, timeout=60) == [{"executions": 1}]
-    records = dead_letters(stack, 2)
+    wait_commands_consumed(stack.settings)
+    records = dead_letters(stack.settings, 2)
     assert len(records) == 2
-    reasons = {dict(r.headers() or [])["aetheris.error"]: dict(r.headers() or [])["aetheris.reason"]
-               for r in records}
+    reasons = {headers(r)["aetheris.error"]: headers(r)["aetheris.reason"] for r in records}
     assert b"NUL character" in reasons[b"SerdeError"]
     assert reasons[b"Rejected"].startswith(b"cannot be applied")
     assert sorted(stack.query("SELECT job_id FROM jobs")) == sorted([("good",), (later,)])

@@ -23,14 +23,20 @@ QUESTION = "How does Aetheris avoid repeating side effects after a crash?"
 
 @pytest.fixture
 def example_worker(stack: Stack) -> WorkerProcess:
-    """A worker that runs the examples, started like ``aetheris demo`` starts one."""
+    """A worker that runs the examples, started like ``aetheris demo`` starts one.
+
+    ``tests.agents`` swaps in counting variants of the examples' tools (same definitions), so
+    every execution of a tool is a row in ``side_effects``.
+    """
     instance_id = f"examples-{uuid.uuid4().hex[:6]}"
     log = stack.tmp / f"{instance_id}.log"
     args = [sys.executable, "-m", "aetheris", "worker", "--agents", "examples.refund",
-            "--agents", "examples.research", "--llm-provider", "examples.research:llm",
+            "--agents", "examples.research", "--agents", "tests.agents",
+            "--llm-provider", "examples.research:llm",
             "--instance-id", instance_id, "--shutdown-timeout", "5"]
+    env = {**stack.env, "AETHERIS_TEST_COUNT_EXAMPLES": "1"}
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, env=stack.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     worker = WorkerProcess(proc, log, instance_id)
     stack.workers.append(worker)  # the stack fixture stops it
     stack.wait(lambda: stack.owned(instance_id) >= stack.settings.partitions, 60,
@@ -47,6 +53,12 @@ def history(stack: Stack, job_id: str) -> list[EventRow]:
 
 def of_type(rows: list[EventRow], event_type: str) -> list[dict[str, Any]]:
     return [row.payload for row in rows if row.type == event_type]
+
+
+def executions(stack: Stack, job_id: str) -> dict[str, int]:
+    """Tool name -> how many times the tool really ran for the job."""
+    rows = stack.query("SELECT name, count(*) FROM side_effects WHERE job_id = %s GROUP BY name", job_id)
+    return {str(name): int(str(n)) for name, n in rows}
 
 
 def wait_for_confirmation(stack: Stack, client: Client, job_id: str) -> None:
@@ -89,6 +101,9 @@ def test_refund_approved_charges_once_with_the_step_key(stack: Stack, example_wo
     assert (received["approved"], received["by"]) == (True, "alice")
     assert json.loads(charges[0]["args"]) == {"customer": refund.lookup_order("ord-1001")["customer"],
                                              "amount_cents": -2500}
+    assert executions(stack, job_id) == {"lookup_order": 1, "charge_card": 1}
+    assert stack.query("SELECT idem_key FROM side_effects WHERE job_id = %s AND name = 'charge_card'",
+                       job_id) == [(key,)]
 
 
 def test_refund_declined_never_charges(stack: Stack, example_worker: WorkerProcess) -> None:
@@ -104,6 +119,7 @@ def test_refund_declined_never_charges(stack: Stack, example_worker: WorkerProce
         "ConfirmationRequested", "ConfirmationReceived", "JobStarted", "JobCompleted",
     ]
     assert [p["name"] for p in of_type(rows, "ToolStarted")] == ["lookup_order"]
+    assert executions(stack, job_id) == {"lookup_order": 1}
 
 
 def test_refund_above_the_order_total_fails_before_asking(
@@ -116,6 +132,7 @@ def test_refund_above_the_order_total_fails_before_asking(
     assert info.value.error_type == "aetheris.errors.TerminalError"
     assert "cannot refund 1000000 cents" in info.value.message
     assert "ConfirmationRequested" not in [row.type for row in history(stack, job_id)]
+    assert executions(stack, job_id) == {"lookup_order": 1}
 
 
 def words(text: str) -> int:
@@ -153,5 +170,6 @@ def test_research_answers_and_records_token_usage(stack: Stack, example_worker: 
         "usage": {"prompt_tokens": sum(prompts), "completion_tokens": completion_tokens,
                   "total_tokens": sum(prompts) + completion_tokens},
     }
+    assert executions(stack, job_id) == {"search": 1}
     [searched] = of_type(rows, "ToolCompleted")
     assert [doc["id"] for doc in json.loads(searched["result"])] == ["doc-ledger", "doc-replay"]
