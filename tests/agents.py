@@ -258,32 +258,28 @@ async def many_steps(ctx: Context, count: int) -> int:
     return total
 
 
-@tool(timeout_s=0.2, retry=RetryPolicy(max_attempts=2, backoff_s=0.01))
-async def slow(job_id: str) -> str:
-    """Always outlives its timeout."""
-    _record(job_id, "slow")
+async def _outlive_timeout(job_id: str, name: str) -> str:
+    _record(job_id, name)
     await asyncio.sleep(5)
     return "never"
 
 
-@agent(name="too_slow")
-async def too_slow(ctx: Context) -> str:
-    """A tool that times out on every attempt."""
-    return await ctx.tool(slow, job_id=ctx.job_id)
+@tool(timeout_s=0.2, retry=RetryPolicy(max_attempts=2, backoff_s=0.01))
+async def slow(job_id: str) -> str:
+    """Always outlives its timeout."""
+    return await _outlive_timeout(job_id, "slow")
 
 
 @tool(idempotent=True, timeout_s=0.2, retry=RetryPolicy(max_attempts=2, backoff_s=0.01))
 async def slow_idempotent(job_id: str) -> str:
     """Always outlives its timeout; safe to repeat."""
-    _record(job_id, "slow_idempotent")
-    await asyncio.sleep(5)
-    return "never"
+    return await _outlive_timeout(job_id, "slow_idempotent")
 
 
-@agent(name="too_slow_idempotent")
-async def too_slow_idempotent(ctx: Context) -> str:
-    """An idempotent tool that times out on every attempt."""
-    return await ctx.tool(slow_idempotent, job_id=ctx.job_id)
+@agent(name="too_slow")
+async def too_slow(ctx: Context, idempotent: bool = False) -> str:
+    """A tool that times out on every attempt."""
+    return await ctx.tool(slow_idempotent if idempotent else slow, job_id=ctx.job_id)
 
 
 @agent(name="asks")

@@ -139,10 +139,13 @@ def test_timer_survives_a_restart_and_fires_once(stack: Stack) -> None:
     assert_topic_mirrors_outbox(stack.settings)
 
 
-def test_changed_agent_code_is_non_determinism(stack: Stack) -> None:
+# evolving_swallower catches every exception of the changed step and goes on: the error is
+# raised again by its next ctx call, and the job fails all the same.
+@pytest.mark.parametrize("agent", ["evolving", "evolving_swallower"])
+def test_changed_agent_code_is_non_determinism(stack: Stack, agent: str) -> None:
     first = stack.start_worker("w1")
     with Client(stack.settings) as client:
-        job_id = client.submit("evolving", {}, tenant="acme")
+        job_id = client.submit(agent, {}, tenant="acme")
         stack.wait(lambda: status(client, job_id) == "WAITING", 30, "never waited")
         first.kill(signal.SIGKILL)
         stack.start_worker("w1", AETHERIS_TEST_VARIANT="v2")
@@ -150,7 +153,7 @@ def test_changed_agent_code_is_non_determinism(stack: Stack) -> None:
         error = client.status(job_id).error or {}
     assert error["type"] == "aetheris.errors.NonDeterminismError"
     assert "first" in error["message"] and "renamed" in error["message"]
-    assert stack.effects(job_id) == 1  # the new step never ran
+    assert stack.effects(job_id) == 1  # the new step (and, swallowed, what follows) never ran
     detected = stack.query("SELECT payload FROM job_events WHERE job_id = %s AND type = "
                            "'NonDeterminismDetected'", job_id)
     assert len(detected) == 1

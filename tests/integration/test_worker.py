@@ -150,7 +150,7 @@ def test_durable_timer(stack: Stack) -> None:
 def test_idempotent_step_timeout_is_retried_then_fails(stack: Stack) -> None:
     stack.start_worker()
     with Client(stack.settings) as client:
-        job_id = client.submit("too_slow_idempotent", {}, tenant="acme")
+        job_id = client.submit("too_slow", {"idempotent": True}, tenant="acme")
         with pytest.raises(JobFailedError) as info:
             client.result(job_id, timeout=60)
     assert info.value.error_type == "aetheris.errors.StepTimeoutError"
