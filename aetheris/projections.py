@@ -1,9 +1,11 @@
 """Queries over the projections the stream processors maintain (``job_index``, ``job_stats``).
 
 For the API and the CLI: a job list filtered by tenant, agent and status, paginated by keyset
-(newest first, an opaque cursor), and per-window statistics. ``tenant_id`` is always required:
-it comes from authentication, and every query is scoped by it. The projections lag the registry
-by the stream processors' latency; the per-job history is ``job_events``.
+(newest first, an opaque cursor), and per-window statistics. ``tenant_id`` is required: it comes
+from authentication, and every query is scoped by it (the one exception,
+:func:`list_jobs_of_every_tenant`, is for operator tools that hold the database credentials). The
+projections lag the registry by the stream processors' latency; the per-job history is
+``job_events``.
 """
 
 from __future__ import annotations
@@ -90,12 +92,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def _jobs_query(
-    tenant_id: str, agent: str | None, status: str | None, limit: int, cursor: str | None
+    tenant_id: str | None, agent: str | None, status: str | None, limit: int, cursor: str | None
 ) -> tuple[str, list[Any]]:
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-    where: list[str] = ["tenant_id = %s"]
-    params: list[Any] = [tenant_id]
+    where: list[str] = []
+    params: list[Any] = []
+    if tenant_id is not None:
+        where.append("tenant_id = %s")
+        params.append(tenant_id)
     if agent is not None:
         where.append("agent = %s")
         params.append(agent)
@@ -107,7 +112,8 @@ def _jobs_query(
         where.append("(created_at, job_id) < (%s, %s)")
         params += [created_at, job_id]
     # One row more than asked tells whether there is a next page.
-    sql = (f"SELECT {', '.join(_JOB_COLUMNS)} FROM job_index WHERE {' AND '.join(where)} "
+    sql = (f"SELECT {', '.join(_JOB_COLUMNS)} FROM job_index "
+           f"{'WHERE ' + ' AND '.join(where) if where else ''} "
            f"ORDER BY created_at DESC, job_id DESC LIMIT {limit + 1}")
     return sql, params
 
@@ -138,6 +144,22 @@ def list_jobs(
     status: str | None = None, limit: int = 50, cursor: str | None = None,
 ) -> JobPage:
     """A page of the tenant's jobs, newest first, optionally filtered by agent and status."""
+    return _list_jobs(conn, tenant_id, agent, status, limit, cursor)
+
+
+def list_jobs_of_every_tenant(
+    conn: psycopg.Connection[Any], *, agent: str | None = None, status: str | None = None,
+    limit: int = 50, cursor: str | None = None,
+) -> JobPage:
+    """:func:`list_jobs` across tenants, for operator tools that hold the database credentials
+    anyway (``aetheris jobs list``); never for a request, whose tenant comes from authentication."""
+    return _list_jobs(conn, None, agent, status, limit, cursor)
+
+
+def _list_jobs(
+    conn: psycopg.Connection[Any], tenant_id: str | None, agent: str | None, status: str | None,
+    limit: int, cursor: str | None,
+) -> JobPage:
     sql, params = _jobs_query(tenant_id, agent, status, limit, cursor)
     return _page(conn.execute(sql.encode(), params).fetchall(), limit)
 

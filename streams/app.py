@@ -2,6 +2,8 @@
 
 Per event, in this order (the order is what makes restarts safe):
 
+0. first handle any records the consumer skipped before this one (:mod:`streams.continuity`
+   reads them itself): offsets are never passed over;
 1. decode the Avro envelope and feed it to the pure reducer (:mod:`streams.reducer`) together
    with the job's record from the ``jobs`` table: duplicates and stale epochs change nothing,
    events beyond a gap are buffered in the record;
@@ -47,6 +49,7 @@ from aetheris.kafka.topics import EVENTS, JOB_SNAPSHOTS, JOB_STATE, topic_name
 from aetheris.outbox import EventRow
 from aetheris.snapshots import Snapshot, snapshot_message, take_snapshot
 from streams import metrics
+from streams.continuity import KafkaEventsReader, OffsetGuard
 from streams.projector import project
 from streams.reducer import TERMINAL, Applied, JobRecord, Outcome, apply, wants_snapshot
 
@@ -133,8 +136,10 @@ class Processor:
     """Applies events to the table and the projections; owns the Postgres connection."""
 
     def __init__(self, settings: Settings, endpoints: Endpoints, options: StreamsOptions,
-                 table: Any, state_topic: Any, snapshot_topic: Any = None) -> None:
+                 table: Any, state_topic: Any, snapshot_topic: Any = None,
+                 guard: OffsetGuard | None = None) -> None:
         self.settings = settings
+        self.guard = guard or OffsetGuard(None)
         self.options = options
         self.snapshot_every = options.snapshot_every or settings.snapshot_every
         self.snapshot_topic = snapshot_topic
@@ -149,7 +154,14 @@ class Processor:
     async def handle(
         self, key: bytes | None, value: bytes | None, partition: int, offset: int
     ) -> Outcome | None:
-        """Process one record of the events topic."""
+        """Process one record of the events topic (and any the consumer skipped before it)."""
+        for skipped in await self.guard.skipped_before(partition, offset):
+            await self._handle(skipped.key, skipped.value, partition, skipped.offset)
+        return await self._handle(key, value, partition, offset)
+
+    async def _handle(
+        self, key: bytes | None, value: bytes | None, partition: int, offset: int
+    ) -> Outcome | None:
         self.last_offsets[partition] = offset
         self.processed += 1
         if value is None:
@@ -160,7 +172,7 @@ class Processor:
             # Not an event this version can read: the worker's outbox never writes one, so it is
             # logged and counted, not retried forever.
             log.error("undecodable record on the events topic at %s/%s: %s", partition, offset, exc)
-            metrics.EVENTS.labels("undecodable").inc()
+            metrics.EVENTS.labels(metrics.UNDECODABLE).inc()
             return None
         job_key = event.job_id.encode()
         stored = self.table.get(job_key)
@@ -216,6 +228,7 @@ class Processor:
         except psycopg.Error as exc:
             log.warning("ledger compaction failed; retrying at the next interval: %s", exc)
             return
+        metrics.COMPACTION_RUNS.inc()
         metrics.COMPACTED_ROWS.inc(done.rows)
         for snapshot in done.snapshots:
             metrics.SNAPSHOTS.labels("compaction").inc()
@@ -228,9 +241,9 @@ class Processor:
         """Fetch the missing events of a gap from ``job_events``, the authoritative history.
 
         An event beyond the gap proves the missing ones are committed there (a seq is written
-        only after its predecessors). Kafka may never deliver them again: the consumer's
-        committed offset can already be past them (observed with faust after a SIGKILL), or
-        retention removed them. They are applied only if they continue the hash chain; if
+        only after its predecessors). Kafka may never deliver them again: retention removed
+        them, or the consumer skipped them where :mod:`streams.continuity` cannot tell (ahead of
+        the first record of a consumer generation). They are applied only if they continue the hash chain; if
         anything is off, the events stay buffered and the job shows on the gap metric.
         """
         record = buffered.record
@@ -252,7 +265,7 @@ class Processor:
             step = apply(record, event)
             record = step.record
             applied.extend(step.applied)
-        metrics.EVENTS.labels("gap_filled").inc(len(rows))
+        metrics.EVENTS.labels(metrics.GAP_FILLED).inc(len(rows))
         log.warning("job %s: filled seq %s..%s from job_events", record.job_id, rows[0].seq, upto - 1)
         return Applied(record, Outcome.APPLIED, tuple(applied)) if applied else buffered
 
@@ -342,7 +355,8 @@ def build_app(settings: Settings, options: StreamsOptions | None = None) -> faus
     snapshot_topic = app.topic(topic_name(settings, JOB_SNAPSHOTS), key_type=bytes, value_type=bytes,
                                key_serializer="raw", value_serializer="raw")
     table = app.Table("jobs", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    processor = Processor(settings, endpoints, options, table, state_topic, snapshot_topic)
+    guard = OffsetGuard(KafkaEventsReader(app, endpoints.bootstrap, events_topic.get_topic_name()))
+    processor = Processor(settings, endpoints, options, table, state_topic, snapshot_topic, guard)
     app.aetheris_processor = processor  # type: ignore[attr-defined]  # for tests and tooling
 
     @app.agent(events_topic)
@@ -362,6 +376,8 @@ def build_app(settings: Settings, options: StreamsOptions | None = None) -> faus
         metrics.PROCESSING_RATE.set((processor.processed - rate["count"]) / max(now - rate["at"], 1e-6))
         rate.update(at=now, count=processor.processed)
         await _measure_lag(app, events_topic.get_topic_name(), processor)
+        # Last: a reader that sees the count go up sees every gauge of this round.
+        metrics.HOUSEKEEPING_RUNS.inc()
 
     if options.compact_older_than_s is not None:
 
@@ -373,14 +389,17 @@ def build_app(settings: Settings, options: StreamsOptions | None = None) -> faus
 
 
 async def _measure_lag(app: faust.App, topic: str, processor: Processor) -> None:
-    """Lag per assigned partition: high watermark minus the next offset to process."""
+    """Lag per assigned partition: the log end offset minus the next offset to process."""
     try:
         assignment = [tp for tp in app.consumer.assignment() if tp.topic == topic]
+        # Asked of the broker: the highwater cached from the last fetch is only as fresh as that
+        # fetch, and a processor held up on one event may not fetch again for a long time.
+        ends = await app.consumer.highwaters(*assignment)
         for tp in assignment:
-            highwater = app.consumer.highwater(tp)
             done = processor.last_offsets.get(tp.partition)
             position = done + 1 if done is not None else await app.consumer.position(tp)
-            if position is not None:
-                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(highwater - position, 0))
+            end = ends.get(tp)
+            if position is not None and end is not None:
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(end - position, 0))
     except Exception as exc:  # metrics must never stop the processor
         log.debug("lag measurement failed: %s", exc)

@@ -1,18 +1,30 @@
-"""Job commands: submit, show, confirm, signal, cancel, resolve."""
+"""Job commands: submit, list, show, confirm, signal, cancel, resolve."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import typer
+from rich.table import Table
+from rich.text import Text
 
 from aetheris.cli._common import console, current_settings
 from aetheris.client import Client
 from aetheris.endpoints import resolve
-from aetheris.errors import ConfigError
+from aetheris.errors import ConfigError, InfrastructureError
+from aetheris.kafka.messages import JobStatus
 from aetheris.outbox import job_history
+from aetheris.projections import (
+    MAX_PAGE,
+    InvalidCursorError,
+    JobPage,
+    JobSummary,
+    list_jobs,
+    list_jobs_of_every_tenant,
+)
 
 jobs_app = typer.Typer(no_args_is_help=True)
 
@@ -45,6 +57,65 @@ def submit(
         console.print(submitted)
         if wait:
             console.print_json(json.dumps(client.result(submitted, timeout)))
+
+
+@jobs_app.command("list")
+def list_(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's jobs (default: all)."),
+    agent: str | None = typer.Option(None, "--agent", help="Only jobs of this agent."),
+    status: str | None = typer.Option(
+        None, "--status", help=f"Only jobs in this status: {', '.join(s.value.lower() for s in JobStatus)}."),
+    limit: int = typer.Option(50, "--limit", min=1, max=MAX_PAGE, help="Jobs per page."),
+    cursor: str | None = typer.Option(None, "--cursor", help="The next-page cursor of a previous page."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List jobs, newest first, from the job index the stream processors maintain."""
+    if status is not None and status.upper() not in JobStatus.__members__:
+        raise ConfigError(f"--status: must be one of {', '.join(s.value.lower() for s in JobStatus)}")
+    page = _job_page(tenant, agent, status, limit, cursor)
+    if as_json:
+        print(json.dumps(page.model_dump(mode="json"), indent=2))
+        return
+    if not page.jobs:
+        console.print("no jobs")
+        return
+    console.print(_jobs_table(page.jobs))
+    if page.next_cursor is not None:
+        console.print(f"next page: --cursor {page.next_cursor}", highlight=False)
+
+
+def _job_page(
+    tenant: str | None, agent: str | None, status: str | None, limit: int, cursor: str | None
+) -> JobPage:
+    filters: dict[str, Any] = {"agent": agent, "status": status, "limit": limit, "cursor": cursor}
+    try:
+        with psycopg.connect(resolve(current_settings()).database_url) as conn:
+            if tenant is None:
+                return list_jobs_of_every_tenant(conn, **filters)
+            return list_jobs(conn, tenant, **filters)
+    except InvalidCursorError as exc:
+        raise ConfigError(f"--cursor: {exc}") from None
+    except psycopg.OperationalError as exc:
+        raise InfrastructureError(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _jobs_table(jobs: list[JobSummary]) -> Table:
+    table = Table("job", "tenant", "agent", "status", "steps done/started", "failed", "tokens",
+                  "created", "updated")
+    for job in jobs:
+        status = f"{job.status} ({job.waiting_reason})" if job.waiting_reason else job.status
+        # Text, not markup: ids and names are user data and may contain [brackets].
+        table.add_row(*(Text(cell) for cell in (
+            job.job_id, job.tenant_id, job.agent, status,
+            f"{job.steps_completed}/{job.steps_started}", str(job.steps_failed),
+            str(job.prompt_tokens + job.completion_tokens), _moment(job.created_at),
+            _moment(job.updated_at))))
+    return table
+
+
+def _moment(at: datetime) -> str:
+    # UTC whatever the database session's time zone, so two operators read the same times.
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @jobs_app.command("show")

@@ -16,6 +16,9 @@ def streams(
     terminal_retention: float = typer.Option(
         24 * 3600.0, "--terminal-retention", min=0,
         help="Seconds a finished job stays in job state before its tombstone."),
+    housekeeping_interval: float = typer.Option(
+        5.0, "--housekeeping-interval", min=0.1,
+        help="Seconds between measurements of gaps, lag and rate (and tombstoning expired jobs)."),
     snapshot_every: int | None = typer.Option(
         None, "--snapshot-every", min=1,
         help="Snapshot a job's replay context every N events (and on parking); "
@@ -41,7 +44,8 @@ def streams(
 
         start_http_server(metrics_port)
     options = StreamsOptions(app_name=app_id, stats_window_s=stats_window,
-                             terminal_retention_s=terminal_retention, snapshot_every=snapshot_every,
+                             terminal_retention_s=terminal_retention,
+                             housekeeping_interval_s=housekeeping_interval, snapshot_every=snapshot_every,
                              compact_older_than_s=compact_older_than if compact else None,
                              compact_interval_s=compact_interval)
     app = build_app(settings, options)

@@ -3,6 +3,8 @@
 * Replay context is the same with and without a snapshot (StepRecord for StepRecord, timestamps
   included), and after compaction.
 * Compaction keeps the ledger's keys and the reassembled rows equal the originals.
+* A job parked on ``ctx.confirm`` is snapshotted by the streams process when it parks (and a job
+  that never parks is not, below ``--snapshot-every``).
 * A 10,000-step job SIGKILLed at step 5,000 completes with every tool executed exactly once,
   and the restarted worker's replay reads the snapshot, not 5,000 ledger rows.
 """
@@ -14,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,23 @@ import pytest
 from aetheris.client import Client
 from aetheris.compaction import compact_ledger
 from aetheris.errors import JobNotFoundError
-from aetheris.kafka.clients import make_consumer
-from aetheris.kafka.messages import JobSnapshot
-from aetheris.kafka.serde import AvroSerde
-from aetheris.kafka.topics import JOB_SNAPSHOTS, topic_name
 from aetheris.ledger import StepRecord, load_steps, read_full_ledger
-from aetheris.snapshots import build_replay_context, decode_steps, load_replay_context, take_snapshot
+from aetheris.snapshots import (
+    ReplayContext,
+    build_replay_context,
+    decode_steps,
+    load_replay_context,
+    take_snapshot,
+)
 from tests.conftest import REPO, Stack, WorkerProcess, free_port
-from tests.integration.test_streams import StreamsProcess, start_streams, streams  # noqa: F401
+from tests.events import wait_all_published
+from tests.integration.test_streams import (  # noqa: F401  (streams is a fixture)
+    StreamsProcess,
+    latest_snapshot_on_topic,
+    start_streams,
+    streams,
+    wait_caught_up,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -198,6 +208,55 @@ def test_compaction_keeps_keys_and_reassembled_rows_equal_the_originals(stack: S
         assert client.result(jobs["parked"], timeout=60) == {"status": "paid", "by": "dan"}
 
 
+# -- a snapshot when a job parks -----------------------------------------------------------------
+
+STREAMS_SNAPSHOTS = 'aetheris_streams_snapshots_total{trigger="streams"}'
+
+
+def test_a_job_parked_on_a_confirmation_is_snapshotted_by_the_streams_process(
+    stack: Stack, streams: list[StreamsProcess]  # noqa: F811
+) -> None:
+    stack.start_worker()
+    process = start_streams(stack, streams, "--no-compact")  # compaction would snapshot too
+    with Client(stack.settings) as client:
+        plain = client.submit("steps", {"count": 3}, tenant="acme")
+        parked = client.submit("approval", {"amount": 5}, tenant="acme")
+        assert client.result(plain, timeout=60) == [{"executions": 1}] * 3
+        stack.wait(lambda: _status(client, parked) == "WAITING", 60, "approval never parked")
+        wait_all_published(stack.database_url)
+        wait_caught_up(stack, process, stack.database_url)
+        # Its one finished step (the tool before the confirmation) is covered; the open
+        # confirmation is not. The job that never parked has none: 7 events < --snapshot-every.
+        stack.wait(lambda: covered(stack, parked) == 1, 30,
+                   f"no snapshot of the parked job:\n{process.output()[-3000:]}")
+        assert stack.query("SELECT job_id, covers_seq, compacted_seq FROM job_snapshots") == [
+            (parked, 1, 0)]
+        assert process.after_housekeeping()[STREAMS_SNAPSHOTS] == 1.0
+        [(stored,)] = stack.query("SELECT snapshot FROM job_snapshots")
+        assert isinstance(stored, bytes)
+        ledger = run(_raw_ledger(stack.database_url, parked))
+        assert decode_steps(stored) == ledger[:1]
+        assert (ledger[0].kind, ledger[0].name, ledger[1].kind) == ("tool", "effect", "confirm")
+        summary = latest_snapshot_on_topic(stack, parked)
+        assert summary is not None and (summary.covers_seq, len(summary.steps)) == (1, 1)
+        # The worker that resumes it reads that step from the snapshot, the confirmation from the ledger.
+        context = run(_loaded(stack.database_url, parked))
+        assert (context.snapshot_steps, context.ledger_rows, context.covers_seq) == (1, 1, 1)
+
+        client.confirm(parked, by="erin")
+        assert client.result(parked, timeout=60) == {"status": "paid", "by": "erin"}
+    wait_all_published(stack.database_url)
+    wait_caught_up(stack, process, stack.database_url)
+    # Resumed and finished without parking again: no further snapshot from the streams process.
+    assert process.after_housekeeping()[STREAMS_SNAPSHOTS] == 1.0
+    assert stack.query("SELECT job_id, covers_seq FROM job_snapshots") == [(parked, 1)]
+
+
+async def _loaded(url: str, job_id: str) -> ReplayContext:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await load_replay_context(conn, job_id)
+
+
 # -- 10,000 steps, SIGKILL near 5,000 ----------------------------------------------------------
 
 
@@ -231,30 +290,6 @@ def metric(port: int, name: str) -> float:
 def covered(stack: Stack, job_id: str) -> int:
     rows = stack.query("SELECT covers_seq FROM job_snapshots WHERE job_id = %s", job_id)
     return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
-
-
-def latest_snapshot_on_topic(stack: Stack, job_id: str) -> JobSnapshot | None:
-    from confluent_kafka import TopicPartition
-
-    settings = stack.settings
-    topic = topic_name(settings, JOB_SNAPSHOTS)
-    consumer = make_consumer(str(settings.kafka_bootstrap), f"check-{uuid.uuid4().hex}")
-    partitions = [TopicPartition(topic, p, 0) for p in range(settings.partitions)]
-    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions}
-    consumer.assign(partitions)
-    serde = AvroSerde(registry_url=settings.schema_registry_url)
-    latest = None
-    positions = dict.fromkeys(ends, 0)
-    deadline = time.monotonic() + 60
-    while any(positions[p] < ends[p] for p in ends) and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is None or message.error() is not None:
-            continue
-        positions[message.partition() or 0] = (message.offset() or 0) + 1
-        if (message.key() or b"").decode() == job_id and message.value():
-            latest = serde.decode_model(message.value(), JobSnapshot)
-    consumer.close()
-    return latest
 
 
 STEPS = 10_000

@@ -1,8 +1,11 @@
-"""Retention on the compacted job-state topic and the ``aetheris ledger compact`` command, each
-against a real broker, real PostgreSQL, a real worker and the real ``python -m aetheris`` CLI.
+"""Retention on the compacted job-state topic, ledger compaction by the streams process's policy
+and by the ``aetheris ledger compact`` command, each against a real broker, real PostgreSQL, a
+real worker and the real ``python -m aetheris`` CLI.
 
 * A finished job's state is tombstoned on ``aetheris.job-state.v1`` once ``--terminal-retention``
-  has passed; a parked (WAITING) job is not.
+  has passed; a parked (WAITING) job is not. After a SIGKILL and a restart the retired job stays
+  retired: still one tombstone, and not back in the recovered table.
+* ``aetheris streams`` compacts on its timer, per ``--compact-older-than``.
 * ``aetheris ledger compact`` takes the final snapshot of a finished job, moves its payloads to
   ``ledger_archive`` (keys stay in the ledger), and ``read_full_ledger`` reassembles the rows.
 """
@@ -13,26 +16,33 @@ import asyncio
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import TopicPartition
 
 from aetheris.client import Client
-from aetheris.kafka.clients import make_consumer
 from aetheris.kafka.messages import JobState
 from aetheris.kafka.serde import AvroSerde
 from aetheris.kafka.topics import JOB_STATE, topic_name
 from aetheris.ledger import read_full_ledger
+from streams.app import app_id
 from tests.conftest import REPO, Stack
+from tests.integration.test_streams import (  # noqa: F401  (streams is a fixture)
+    HOUSEKEEPING_S,
+    JOBS_TRACKED,
+    TOMBSTONES,
+    StreamsProcess,
+    latest_snapshot_on_topic,
+    read_topic,
+    start_streams,
+    streams,
+)
 
 pytestmark = pytest.mark.integration
 
 RETENTION_S = 3.0
-HOUSEKEEPING_S = 5.0  # streams.app.StreamsOptions.housekeeping_interval_s
 
 
 # -- 1. terminal jobs are tombstoned on the job-state topic ------------------------------------
@@ -48,30 +58,20 @@ class StateRecord:
 
 def job_state_records(stack: Stack) -> dict[str, list[StateRecord]]:
     """Every record of the job-state topic per key (job_id), in offset order."""
-    settings = stack.settings
-    topic = topic_name(settings, JOB_STATE)
-    consumer = make_consumer(str(settings.kafka_bootstrap), f"check-{uuid.uuid4().hex}")
-    partitions = [TopicPartition(topic, p, 0) for p in range(settings.partitions)]
-    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions}
-    consumer.assign(partitions)
-    serde = AvroSerde(registry_url=settings.schema_registry_url)
+    serde = AvroSerde(registry_url=stack.settings.schema_registry_url)
     records: dict[str, list[StateRecord]] = {}
-    positions = dict.fromkeys(ends, 0)
-    deadline = time.monotonic() + 60
-    try:
-        while any(positions[p] < ends[p] for p in ends):
-            assert time.monotonic() < deadline, f"job-state topic not read to its end: {positions} {ends}"
-            message = consumer.poll(0.5)
-            if message is None or message.error() is not None:
-                continue
-            key = (message.key() or b"").decode()
-            value = message.value()
-            state = serde.decode_model(value, JobState) if value else None
-            records.setdefault(key, []).append(StateRecord(state, message.timestamp()[1]))
-            positions[message.partition() or 0] = (message.offset() or 0) + 1
-    finally:
-        consumer.close()
+    for r in read_topic(stack, topic_name(stack.settings, JOB_STATE)):
+        state = serde.decode_model(r.value, JobState) if r.value else None
+        records.setdefault(r.key, []).append(StateRecord(state, r.timestamp_ms))
     return records
+
+
+def changelog_values(stack: Stack) -> dict[str, list[bytes | None]]:
+    """Every value of the job table's changelog per key (None: a deletion)."""
+    values: dict[str, list[bytes | None]] = {}
+    for r in read_topic(stack, f"{app_id(stack.settings)}-jobs-changelog"):
+        values.setdefault(r.key, []).append(r.value)
+    return values
 
 
 def registry(stack: Stack, job_id: str) -> tuple[str, int]:
@@ -83,55 +83,41 @@ def statuses(records: list[StateRecord]) -> list[str | None]:
     return [None if r.state is None else r.state.status.value for r in records]
 
 
-def test_terminal_job_is_tombstoned_after_retention_a_waiting_job_is_not(stack: Stack) -> None:
+def test_terminal_job_is_tombstoned_after_retention_a_waiting_job_is_not_even_after_a_restart(
+    stack: Stack, streams: list[StreamsProcess]  # noqa: F811
+) -> None:
     stack.start_worker()
-    log = stack.tmp / "streams.log"
-    args = [sys.executable, "-m", "aetheris", "streams", "--loglevel", "info",
-            "--terminal-retention", str(RETENTION_S), "--no-compact"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, env=stack.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    options = ("--terminal-retention", str(RETENTION_S), "--no-compact")
+    first = start_streams(stack, streams, *options)
+    with Client(stack.settings) as client:
+        done = client.submit("steps", {"count": 1}, tenant="acme")
+        parked = client.submit("approval", {"amount": 7}, tenant="acme")
+        assert client.result(done, timeout=60) == [{"executions": 1}]
+        stack.wait(lambda: registry(stack, parked)[0] == "WAITING", 60, "approval never parked")
+    done_seq = registry(stack, done)[1]
+    parked_seq = registry(stack, parked)[1]
 
-    def output() -> str:
-        return log.read_text(errors="replace")[-4000:]
+    # The COMPLETED state reaches the topic first ...
+    def completed_on_topic() -> bool:
+        mine = job_state_records(stack).get(done, [])
+        return any(r.state is not None and r.state.status.value == "COMPLETED" for r in mine)
 
-    try:
-        with Client(stack.settings) as client:
-            done = client.submit("steps", {"count": 1}, tenant="acme")
-            parked = client.submit("approval", {"amount": 7}, tenant="acme")
-            assert client.result(done, timeout=60) == [{"executions": 1}]
-            stack.wait(lambda: registry(stack, parked)[0] == "WAITING", 60, "approval never parked")
-        done_seq = registry(stack, done)[1]
-        parked_seq = registry(stack, parked)[1]
+    stack.wait(completed_on_topic, 120, f"COMPLETED state never on the topic:\n{first.output()[-4000:]}")
 
-        # The COMPLETED state reaches the topic first ...
-        def completed_on_topic() -> bool:
-            assert proc.poll() is None, f"streams exited:\n{output()}"
-            mine = job_state_records(stack).get(done, [])
-            return any(r.state is not None and r.state.status.value == "COMPLETED" for r in mine)
+    # ... then, once the retention has passed, its tombstone, on the topic and the changelog.
+    def tombstoned() -> bool:
+        on_topic = any(r.state is None for r in job_state_records(stack).get(done, []))
+        return on_topic and changelog_values(stack)[done][-1] is None
 
-        stack.wait(completed_on_topic, 120, f"COMPLETED state never on the topic:\n{output()}")
+    stack.wait(tombstoned, RETENTION_S + 4 * HOUSEKEEPING_S + 10,
+               f"no tombstone for {done} after {RETENTION_S}s retention:\n{first.output()[-4000:]}")
 
-        # ... then, once the retention has passed, its tombstone.
-        def tombstoned() -> bool:
-            assert proc.poll() is None, f"streams exited:\n{output()}"
-            return any(r.state is None for r in job_state_records(stack).get(done, []))
-
-        stack.wait(tombstoned, RETENTION_S + 4 * HOUSEKEEPING_S,
-                   f"no tombstone for {done} after {RETENTION_S}s retention:\n{output()}")
-
-        # Give the parked job more than the retention and two more housekeeping runs.
-        parked_since = job_state_records(stack)[parked][-1].timestamp_ms / 1000
-        time.sleep(max(0.0, parked_since + RETENTION_S + 2 * HOUSEKEEPING_S + 1 - time.time()))
-        assert proc.poll() is None, f"streams exited:\n{output()}"
-        records = job_state_records(stack)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # SIGTERM: faust stops cleanly
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
+    # Give the parked job more than the retention and two more housekeeping runs.
+    parked_since = job_state_records(stack)[parked][-1].timestamp_ms / 1000
+    time.sleep(max(0.0, parked_since + RETENTION_S + 2 * HOUSEKEEPING_S + 1 - time.time()))
+    before_kill = first.after_housekeeping()
+    assert (before_kill[TOMBSTONES], before_kill[JOBS_TRACKED]) == (1.0, 1.0)
+    records = job_state_records(stack)
 
     assert set(records) == {done, parked}
     # The finished job: one state per event, the last COMPLETED, then exactly one tombstone.
@@ -151,8 +137,74 @@ def test_terminal_job_is_tombstoned_after_retention_a_waiting_job_is_not(stack: 
     assert last is not None and last.status.value == "WAITING" and last.last_seq == parked_seq
     assert time.time() - last.updated_at.timestamp() >= RETENTION_S + 2 * HOUSEKEEPING_S
 
+    # SIGKILL and restart: the table is recovered from the changelog, where the retired job's
+    # deletion is. It must not come back (and so never be tombstoned a second time).
+    first.kill()
+    second = start_streams(stack, streams, *options)
+    after_restart = second.after_housekeeping()
+    assert (after_restart[JOBS_TRACKED], after_restart[TOMBSTONES]) == (1.0, 0.0)
+    assert job_state_records(stack) == records  # not one record more: no state, no tombstone
+    assert changelog_values(stack)[done][-1] is None
 
-# -- 2. aetheris ledger compact ----------------------------------------------------------------
+
+# -- 2. compaction on the streams process's timer ----------------------------------------------
+
+STEP_COUNT = 5
+COMPACTION_RUNS = "aetheris_streams_compaction_runs_total"
+COMPACTED_ROWS = "aetheris_streams_compacted_ledger_rows_total"
+COMPACTION_SNAPSHOTS = 'aetheris_streams_snapshots_total{trigger="compaction"}'
+
+
+def compaction_after(process: StreamsProcess, runs: int, timeout: float = 60) -> dict[str, float]:
+    """The metrics once the process has completed ``runs`` compaction runs since it started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        scraped = process.metrics()
+        if scraped.get(COMPACTION_RUNS, 0.0) >= runs:
+            return scraped
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {runs} compaction runs in {timeout}s:\n{process.output()[-4000:]}")
+
+
+def test_the_streams_process_compacts_the_ledger_per_its_policy(
+    stack: Stack, streams: list[StreamsProcess]  # noqa: F811
+) -> None:
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("steps", {"count": STEP_COUNT}, tenant="acme")
+        assert client.result(job_id, timeout=60) == [{"executions": 1}] * STEP_COUNT
+    url = stack.database_url
+    keys = "SELECT step_key, seq, status, args_hash FROM ledger WHERE job_id = %s ORDER BY seq"
+    keys_before = stack.query(keys, job_id)
+    before = asyncio.run(_full_rows(url, job_id))
+    assert len(before) == STEP_COUNT
+
+    # A policy the finished steps do not meet yet (an hour old): the timer runs, nothing moves.
+    young = start_streams(stack, streams, "--compact-older-than", "3600", "--compact-interval", "1")
+    idle = compaction_after(young, runs=2)
+    assert idle[COMPACTED_ROWS] == 0.0 and COMPACTION_SNAPSHOTS not in idle
+    assert stack.query("SELECT count(*) FROM ledger_archive") == [(0,)]
+    assert stack.query("SELECT count(*) FROM job_snapshots") == [(0,)]
+    young.stop()
+
+    # A policy they meet: the finished job gets its final snapshot, then its steps move.
+    due = start_streams(stack, streams, "--compact-older-than", "0", "--compact-interval", "1")
+    stack.wait(lambda: stack.query("SELECT count(*) FROM ledger_archive") == [(STEP_COUNT,)], 60,
+               f"the streams process never compacted:\n{due.output()[-4000:]}")
+    done = compaction_after(due, runs=int(due.metrics()[COMPACTION_RUNS]) + 2)  # and nothing more
+    assert (done[COMPACTED_ROWS], done[COMPACTION_SNAPSHOTS]) == (STEP_COUNT, 1.0)
+    assert stack.query("SELECT count(*) FROM ledger_archive") == [(STEP_COUNT,)]
+    assert stack.query("SELECT covers_seq, compacted_seq FROM job_snapshots WHERE job_id = %s",
+                       job_id) == [(STEP_COUNT, STEP_COUNT)]
+    # The at-most-once keys stay in the ledger; the payloads are reassembled from the archive.
+    assert stack.query(keys, job_id) == keys_before
+    assert stack.query("SELECT count(*) FROM ledger WHERE args IS NOT NULL OR result IS NOT NULL") == [(0,)]
+    assert without_archived_at(asyncio.run(_full_rows(url, job_id))) == without_archived_at(before)
+    summary = latest_snapshot_on_topic(stack, job_id)
+    assert summary is not None and (summary.covers_seq, len(summary.steps)) == (STEP_COUNT, STEP_COUNT)
+
+
+# -- 3. aetheris ledger compact ----------------------------------------------------------------
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -167,9 +219,6 @@ async def _full_rows(url: str, job_id: str) -> list[dict[str, Any]]:
 
 def without_archived_at(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "archived_at"} for row in rows]
-
-
-STEP_COUNT = 5
 
 
 def test_ledger_compact_cli_archives_payloads_and_keeps_keys(stack: Stack) -> None:
