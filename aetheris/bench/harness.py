@@ -21,6 +21,7 @@ import psycopg
 from aetheris.config import Settings
 from aetheris.db.migrate import migrate
 from aetheris.dev.stack import DevStack
+from aetheris.endpoints import resolve
 from aetheris.errors import InfrastructureError
 from aetheris.kafka.clients import make_admin
 from aetheris.kafka.topics import ensure_topics, topic_specs
@@ -71,13 +72,14 @@ class BenchEnv:
         run_id = uuid.uuid4().hex[:8]
         if base.kafka_bootstrap and base.database_url:
             bootstrap, database_url = base.kafka_bootstrap, base.database_url
+            profile = resolve(base).profile
         else:
             stack = DevStack(base)
             state = stack.running_state()
             if state is None:
                 step("starting the dev stack")
                 state = stack.up()
-            bootstrap = state.bootstrap
+            bootstrap, profile = state.bootstrap, stack.broker.profile
             # A database of its own: partition leases are per database, so a bench run never
             # fences (or is fenced by) a worker of the user's.
             database_url = stack.postgres.create_database(f"aetheris_bench_{run_id}")
@@ -86,7 +88,7 @@ class BenchEnv:
         settings = base.model_copy(update={
             "kafka_bootstrap": bootstrap, "database_url": database_url,
             "topic_prefix": f"bench-{run_id}."})
-        ensure_topics(make_admin(bootstrap), topic_specs(settings))
+        ensure_topics(make_admin(bootstrap), topic_specs(settings), profile=profile)
         workdir = base.home / "bench" / run_id
         workdir.mkdir(parents=True, exist_ok=True)
         return cls(settings, workdir)
