@@ -166,13 +166,19 @@ def compaction_after(process: StreamsProcess, runs: int, timeout: float = 60) ->
     raise AssertionError(f"fewer than {runs} compaction runs in {timeout}s:\n{process.output()[-4000:]}")
 
 
-def test_the_streams_process_compacts_the_ledger_per_its_policy(
-    stack: Stack, streams: list[StreamsProcess]  # noqa: F811
-) -> None:
+def _completed_steps_job(stack: Stack) -> str:
+    """A job of STEP_COUNT tool steps, run to completion by a worker."""
     stack.start_worker()
     with Client(stack.settings) as client:
         job_id = client.submit("steps", {"count": STEP_COUNT}, tenant="acme")
         assert client.result(job_id, timeout=60) == [{"executions": 1}] * STEP_COUNT
+    return job_id
+
+
+def test_the_streams_process_compacts_the_ledger_per_its_policy(
+    stack: Stack, streams: list[StreamsProcess]  # noqa: F811
+) -> None:
+    job_id = _completed_steps_job(stack)
     url = stack.database_url
     keys = "SELECT step_key, seq, status, args_hash FROM ledger WHERE job_id = %s ORDER BY seq"
     keys_before = stack.query(keys, job_id)
@@ -222,10 +228,7 @@ def without_archived_at(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_ledger_compact_cli_archives_payloads_and_keeps_keys(stack: Stack) -> None:
-    stack.start_worker()
-    with Client(stack.settings) as client:
-        job_id = client.submit("steps", {"count": STEP_COUNT}, tenant="acme")
-        assert client.result(job_id, timeout=60) == [{"executions": 1}] * STEP_COUNT
+    job_id = _completed_steps_job(stack)
     url = stack.database_url
     keys = "SELECT step_key, seq, status FROM ledger WHERE job_id = %s ORDER BY seq"
     keys_before = stack.query(keys, job_id)
