@@ -1,9 +1,12 @@
-"""Fault injection for chaos tests and benchmarks: ``AETHERIS_CHAOS=kill:<point>:<step>[:<n>]``.
+"""Fault injection for chaos tests and benchmarks: ``AETHERIS_CHAOS=<action>:<point>:<step>[:<n>]``.
 
-Points are the protocol boundaries of a tool step: ``before_start`` (nothing recorded yet) and
-``after_complete`` (result committed). The process SIGKILLs itself there (at the ``n``-th time,
-default the first), which is exactly what a crash at that boundary looks like. Unset in
-production, where this costs one string comparison.
+Points are the protocol boundaries of a tool step: ``before_start`` (nothing recorded yet),
+``after_start`` (the start committed, the tool not yet run) and ``after_complete`` (result
+committed). Actions: ``kill`` SIGKILLs the process there, which is exactly what a crash at that
+boundary looks like; ``lose_reply`` raises the error a connection dropped before the commit's
+reply would, so the worker cannot know the commit landed. Either happens at the ``n``-th time
+the point is reached (default the first). Unset in production, where this costs one string
+comparison.
 """
 
 from __future__ import annotations
@@ -12,18 +15,30 @@ import os
 import signal
 from collections import Counter
 
+import psycopg
+
 _SPEC = os.environ.get("AETHERIS_CHAOS", "")
 _reached: Counter[str] = Counter()
 
 
-def crash_point(point: str, step_name: str) -> None:
-    """SIGKILL this process if the chaos spec names this point and step (and count)."""
+def _due(action: str, point: str, step_name: str) -> bool:
     if not _SPEC:
-        return
-    prefix = f"kill:{point}:{step_name}"
+        return False
+    prefix = f"{action}:{point}:{step_name}"
     if prefix != _SPEC and not _SPEC.startswith(prefix + ":"):
-        return
+        return False
     _reached[prefix] += 1
     wanted = int(_SPEC[len(prefix) + 1:] or 1) if prefix != _SPEC else 1
-    if _reached[prefix] >= wanted:
+    return _reached[prefix] == wanted
+
+
+def crash_point(point: str, step_name: str) -> None:
+    """SIGKILL this process if the chaos spec names this point and step (and count)."""
+    if _due("kill", point, step_name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reply_point(point: str, step_name: str) -> None:
+    """Raise as a connection lost after the commit would, if the chaos spec says so."""
+    if _due("lose_reply", point, step_name):
+        raise psycopg.OperationalError("chaos: the connection closed before the commit's reply")

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from aetheris.kafka.messages import AvroRecord
 from aetheris.leases import fenced_error
@@ -135,6 +135,9 @@ async def read_full_ledger(conn: psycopg.AsyncConnection, job_id: str) -> list[d
 
 
 _RETRIES_NOT_COMMITTED = 20
+
+DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+"""What a write raises when PostgreSQL did not answer: whether it committed is unknown."""
 
 
 def not_committed(exc: psycopg.Error) -> bool:

@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from aetheris.chaos import crash_point
+from aetheris.chaos import crash_point, reply_point
 from aetheris.context import Context, Decision, Signal
 from aetheris.errors import (
     AetherisError,
@@ -33,7 +33,16 @@ from aetheris.errors import (
     TerminalError,
 )
 from aetheris.kafka import messages as m
-from aetheris.ledger import COMPLETED, FAILED, IN_DOUBT, STARTED, FencedTransaction, StepRecord, args_hash
+from aetheris.ledger import (
+    COMPLETED,
+    DATABASE_UNAVAILABLE,
+    FAILED,
+    IN_DOUBT,
+    STARTED,
+    FencedTransaction,
+    StepRecord,
+    args_hash,
+)
 from aetheris.registry import ToolDefinition, tool_definition
 from aetheris.retry import RetryPolicy
 from aetheris.values import from_json_value, to_json_value
@@ -190,7 +199,7 @@ class JobContext(Context):
             else:
                 if self._job.unsettled_effect:
                     await self._runtime.flush(self._job)  # the previous effect's outcome first
-                await self._commit(lambda tx: self._started(tx, step, insert=True))
+                await self._commit_start(step, insert=True)
         else:
             outcome = self._recorded_outcome(step)
             if outcome is not None:
@@ -212,10 +221,12 @@ class JobContext(Context):
         """A step found started (in doubt) or failed-but-retryable: decide how to go on."""
         if step.status == FAILED:
             step.attempt += 1
-            await self._commit(lambda tx: self._started(tx, step, insert=False))
+            await self._commit_start(step, insert=False)
+        elif step.status == STARTED and self._job.unrun_starts.get(step.step_key) == step.attempt:
+            pass  # this process wrote the start and never ran the effect: nothing is in doubt
         elif step.status == STARTED and definition.idempotent:
             step.attempt += 1  # same idempotency key: the tool can deduplicate the repeat
-            await self._commit(lambda tx: self._started(tx, step, insert=False))
+            await self._commit_start(step, insert=False)
         elif step.status == STARTED:
             await self._park_in_doubt(step, "the worker stopped while the tool ran; it is not idempotent")
         else:
@@ -231,6 +242,7 @@ class JobContext(Context):
         self, step: StepRecord, definition: ToolDefinition, call: Callable[[str], Awaitable[Any]]
     ) -> Any:
         while True:
+            self._job.unrun_starts.pop(step.step_key, None)  # from here on it may have run
             began = time.monotonic()
             try:
                 value = await _with_timeout(call(step.idempotency_key or step.step_key),
@@ -271,9 +283,20 @@ class JobContext(Context):
         await asyncio.sleep(delay)
         step.attempt += 1
         step.status, step.error, step.finished_at = STARTED, None, None
-        await self._commit(lambda tx: self._started(tx, step, insert=False))
+        await self._commit_start(step, insert=False)
 
     # -- the transactions of an effect step ---------------------------------------------------
+
+    async def _commit_start(self, step: StepRecord, *, insert: bool) -> None:
+        """Commit the step's start; the effect runs only once this has returned."""
+        try:
+            await self._commit(lambda tx: self._started(tx, step, insert=insert))
+            reply_point("after_start", step.name)
+        except DATABASE_UNAVAILABLE:
+            # The start may have committed, but the effect has certainly not begun. Remembered
+            # so that the replay after the reload runs it instead of parking it in doubt.
+            self._job.unrun_starts[step.step_key] = step.attempt
+            raise
 
     def _write(self, tx: FencedTransaction, step: StepRecord) -> None:
         """The row's first write inserts it (announcing the start), later writes update it."""

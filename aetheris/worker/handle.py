@@ -50,6 +50,9 @@ class JobHandle:
     """Why that commit failed; the job's next write raises it."""
     stale: bool = False
     """A write failed with an unknown outcome: reload from Postgres before running again."""
+    unrun_starts: dict[str, int] = field(default_factory=dict)
+    """Step key -> attempt of starts whose commit had an unknown outcome: if the reload finds
+    them committed, the effect is known not to have run, since this process never ran it."""
     runs: int = 0
 
     @property

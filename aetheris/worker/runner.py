@@ -7,13 +7,11 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import structlog
-from psycopg_pool import PoolTimeout
 
 from aetheris.errors import AetherisError, FencedError, JobCancelled, JobParked, NonDeterminismError
 from aetheris.kafka import messages as m
-from aetheris.ledger import FencedTransaction, canonical_json
+from aetheris.ledger import DATABASE_UNAVAILABLE, FencedTransaction, canonical_json
 from aetheris.registry import lookup_agent
 from aetheris.values import to_json_value
 from aetheris.worker.context import JobContext, JobEvicted, error_record
@@ -21,8 +19,6 @@ from aetheris.worker.handle import JobHandle
 from aetheris.worker.runtime import Runtime
 
 log = structlog.get_logger("aetheris.worker")
-
-DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
 async def run_job(runtime: Runtime, handle: JobHandle) -> None:

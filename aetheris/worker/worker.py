@@ -33,7 +33,7 @@ from aetheris.kafka import messages as m
 from aetheris.kafka.clients import make_consumer, make_producer
 from aetheris.kafka.serde import AvroSerde
 from aetheris.kafka.topics import COMMANDS, DEAD_LETTER, EVENTS, topic_name
-from aetheris.ledger import FencedTransaction
+from aetheris.ledger import DATABASE_UNAVAILABLE, FencedTransaction
 from aetheris.llm import LlmProvider
 from aetheris.observability import ACTIVE_JOBS, DEAD_LETTERS, OWNED_PARTITIONS
 from aetheris.observability import COMMANDS as COMMANDS_METRIC
@@ -41,7 +41,7 @@ from aetheris.outbox import OutboxPublisher
 from aetheris.worker.commands import CommandProcessor
 from aetheris.worker.handle import JobHandle
 from aetheris.worker.loading import load_open_jobs, reload
-from aetheris.worker.runner import DATABASE_UNAVAILABLE, run_job
+from aetheris.worker.runner import run_job
 from aetheris.worker.runtime import Runtime
 
 log = structlog.get_logger("aetheris.worker")

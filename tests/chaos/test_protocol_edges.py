@@ -79,3 +79,28 @@ def test_cancel_right_after_submit_needs_no_recorded_job(stack: Stack) -> None:
         with pytest.raises(JobCancelledError):
             client.result(job_id, timeout=60)
     assert event_types(stack, job_id)[-1] == "JobCancelled"
+
+
+@pytest.mark.parametrize(("agent", "job_input", "chaos", "expected"), [
+    ("steps", {"count": 3}, "lose_reply:after_start:effect:2", [{"executions": 1}] * 3),
+    # The start of the retry (attempt 2) after a retryable failure.
+    ("retries", {"fail_times": 1}, "lose_reply:after_start:flaky:2", "ok"),
+])
+def test_a_start_whose_commit_reply_was_lost_runs_its_tool_once_and_is_not_in_doubt(
+    stack: Stack, agent: str, job_input: dict[str, int], chaos: str, expected: object,
+) -> None:
+    # The start committed, but the worker never heard so; it cannot know the row is there,
+    # yet it knows it never ran the tool.
+    stack.start_worker("w1", AETHERIS_CHAOS=chaos)
+    with Client(stack.settings) as client:
+        job_id = client.submit(agent, job_input, tenant="acme")
+        assert client.result(job_id, timeout=60) == expected
+    types = event_types(stack, job_id)
+    assert "ToolInDoubt" not in types
+    if agent == "steps":
+        assert [stack.effects(job_id, f"step-{i}") for i in range(3)] == [1, 1, 1]
+        assert types.count("ToolStarted") == 3
+    else:
+        assert stack.effects(job_id, "flaky") == 2  # one failure, one success, nothing repeated
+        assert types.count("ToolStarted") == 2
+    assert_topic_mirrors_outbox(stack.settings)
