@@ -294,6 +294,11 @@ def topics(settings: Settings, kafka: Broker) -> Settings:
 
 # -- worker processes ------------------------------------------------------------------------
 
+UNMEASURED = {"COVERAGE_PROCESS_CONFIG": ""}
+"""Extra environment for a subprocess coverage need not trace (its .pth hook then stays off):
+for the one test that runs the same step code 10,000 times, where tracing costs a third of
+its time and measures nothing the rest of the suite does not."""
+
 REPO = Path(__file__).resolve().parents[1]
 
 

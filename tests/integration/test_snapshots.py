@@ -35,7 +35,7 @@ from aetheris.snapshots import (
     load_replay_context,
     take_snapshot,
 )
-from tests.conftest import REPO, Stack, WorkerProcess, free_port
+from tests.conftest import REPO, UNMEASURED, Stack, WorkerProcess, free_port
 from tests.events import wait_all_published
 from tests.integration.test_streams import (  # noqa: F401  (streams is a fixture)
     StreamsProcess,
@@ -301,8 +301,8 @@ def test_ten_thousand_steps_killed_at_five_thousand_replay_from_the_snapshot(
 ) -> None:
     began = time.monotonic()
     count_file = tmp_path / "executions"
-    env = {"AETHERIS_TEST_COUNT_FILE": str(count_file)}
-    start_streams(stack, streams)
+    env = {"AETHERIS_TEST_COUNT_FILE": str(count_file), **UNMEASURED}
+    start_streams(stack, streams, **UNMEASURED)
     first = stack.start_worker("w1", AETHERIS_CHAOS=f"kill:after_complete:many_step:{KILL_AT}", **env)
     with Client(stack.settings) as client:
         job_id = client.submit("many_steps", {"count": STEPS}, tenant="acme")

@@ -134,14 +134,15 @@ def streams(stack: Stack) -> Iterator[list[StreamsProcess]]:
 
 
 def start_streams(stack: Stack, started: list[StreamsProcess], *extra: str,
-                  database_url: str | None = None, app_id: str | None = None) -> StreamsProcess:
+                  database_url: str | None = None, app_id: str | None = None,
+                  **extra_env: str) -> StreamsProcess:
     log = stack.tmp / f"streams-{len(started)}.log"
     port = free_port()
     args = [sys.executable, "-m", "aetheris", "streams", "--loglevel", "info",
             "--metrics-port", str(port), "--housekeeping-interval", str(HOUSEKEEPING_S), *extra]
     if app_id:
         args += ["--app-id", app_id]
-    env = dict(stack.env)
+    env = {**stack.env, **extra_env}
     if database_url:
         env["AETHERIS_DATABASE_URL"] = database_url
     with log.open("wb") as out:
