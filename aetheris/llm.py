@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import httpx
 from pydantic import BaseModel, Field, ValidationError
 
 from aetheris.errors import ConfigError, RetryableError, TerminalError
 
 if TYPE_CHECKING:
+    import httpx  # imported where used: every worker loads this module, few make HTTP calls
+
     from aetheris.config import Settings
 
 __all__ = [
@@ -101,6 +102,8 @@ class OpenAICompatibleProvider:
         timeout_s: float = 60,
         client: httpx.AsyncClient | None = None,
     ) -> None:
+        import httpx
+
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = httpx.Timeout(timeout_s)
@@ -113,6 +116,8 @@ class OpenAICompatibleProvider:
 
     async def complete(self, messages: list[LlmMessage], *, model: str, **params: Any) -> LlmResponse:
         """Send one chat-completions request and parse the first choice."""
+        import httpx
+
         url = f"{self.base_url}/chat/completions"
         body = {"model": model, "messages": [m.model_dump(exclude_none=True) for m in messages], **params}
         headers = {"Accept": "application/json"}
@@ -144,6 +149,8 @@ class OpenAICompatibleProvider:
         # otherwise fail with "Event loop is closed" on a reused connection.
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
+            import httpx
+
             self._client = httpx.AsyncClient(timeout=self._timeout)
             self._client_loop = loop
         return self._client

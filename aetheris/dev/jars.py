@@ -15,10 +15,12 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from aetheris.errors import InfrastructureError
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: it costs every process a fifth of a second to load
 
 KAFKA_DIR = Path(__file__).parent / "kafka"
 LOCK_FILE = KAFKA_DIR / "jars.lock"
@@ -60,6 +62,8 @@ def _sha256(path: Path) -> str:
 
 
 def _fetch(client: httpx.Client, jar: Jar, target: Path) -> None:
+    import httpx
+
     if target.exists() and _sha256(target) == jar.sha256:
         return
     try:
@@ -82,6 +86,8 @@ def ensure_jars(home: Path) -> Path:
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     jars = pinned_jars()
+    import httpx
+
     with httpx.Client(timeout=120, follow_redirects=True) as client, ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda jar: _fetch(client, jar, directory / jar.filename), jars))
     marker.touch()
