@@ -204,6 +204,9 @@ class JobContext(Context):
             outcome = self._recorded_outcome(step)
             if outcome is not None:
                 return outcome[0]
+            known = self._job.known_outcomes.get(step.step_key)
+            if step.status == STARTED and known is not None and known[0].attempt == step.attempt:
+                return self._record_known_outcome(step, *known, definition)
             await self._recover(step, definition)
         return await self._attempts(step, definition, call)
 
@@ -259,15 +262,26 @@ class JobContext(Context):
                 await self._failed(step, definition, exc, began)
                 continue
             step.status, step.result, step.finished_at = COMPLETED, result, _now()
-            complete = functools.partial(self._completed, step=step,
-                                         duration_ms=int((time.monotonic() - began) * 1000))
             # The outcome rides with the job's next write (the next step's start, a wait, the
             # job's end) or is committed as soon as the job awaits anything else. Lost in a
             # crash before that, an idempotent step runs again with the same key; any other is
             # in doubt, exactly as if the crash had come just before its own commit.
-            self._runtime.defer(self._job, complete, effect_outcome=not definition.idempotent)
-            self._advance_clock(step)
-            return result
+            return self._settle(step, int((time.monotonic() - began) * 1000), definition)
+
+    def _settle(self, step: StepRecord, duration_ms: int, definition: ToolDefinition) -> Any:
+        """Defer the completed step's outcome write and go on with its result."""
+        self._job.known_outcomes[step.step_key] = (step, duration_ms)
+        complete = functools.partial(self._completed, step=step, duration_ms=duration_ms)
+        self._runtime.defer(self._job, complete, effect_outcome=not definition.idempotent)
+        self._advance_clock(step)
+        return step.result
+
+    def _record_known_outcome(self, row: StepRecord, ran: StepRecord, duration_ms: int,
+                              definition: ToolDefinition) -> Any:
+        """A reload found the step started, but this process ran it: the write of its outcome
+        had an unknown fate (and did not land). Its result is known, so nothing is in doubt."""
+        row.status, row.result, row.finished_at = COMPLETED, ran.result, ran.finished_at
+        return self._settle(row, duration_ms, definition)
 
     async def _failed(
         self, step: StepRecord, definition: ToolDefinition, exc: BaseException, began: float
@@ -327,7 +341,9 @@ class JobContext(Context):
                 idempotency_key=step.idempotency_key))
 
     def _completed(self, tx: FencedTransaction, step: StepRecord, duration_ms: int) -> None:
+        reply_point("before_complete", step.name)
         self._write(tx, step)
+        tx.committed.append(functools.partial(self._job.outcome_committed, step.step_key))
         tx.committed.append(functools.partial(crash_point, "after_complete", step.name))
         if step.kind == "llm":
             usage = step.result.get("usage", {}) if isinstance(step.result, dict) else {}

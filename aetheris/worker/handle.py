@@ -50,6 +50,10 @@ class JobHandle:
     """Why that commit failed; the job's next write raises it."""
     stale: bool = False
     """A write failed with an unknown outcome: reload from Postgres before running again."""
+    known_outcomes: dict[str, tuple[StepRecord, int]] = field(default_factory=dict)
+    """Step key -> (completed row, duration in ms) of effects this process ran whose outcome
+    is not known to be committed yet: a reload that finds the row still started records it
+    from here instead of declaring the step in doubt."""
     unrun_starts: dict[str, int] = field(default_factory=dict)
     """Step key -> attempt of starts whose commit had an unknown outcome: if the reload finds
     them committed, the effect is known not to have run, since this process never ran it."""
@@ -65,6 +69,10 @@ class JobHandle:
             self.inbox[step.step_key] = step
         else:
             self.steps[step.seq] = step
+
+    def outcome_committed(self, step_key: str) -> None:
+        """The step's outcome is in the ledger: a reload will find it there."""
+        self.known_outcomes.pop(step_key, None)
 
     def steps_by_key(self) -> dict[str, StepRecord]:
         return {step.step_key: step for step in self.steps.values()}

@@ -65,6 +65,7 @@ async def reload(conn: psycopg.AsyncConnection, handle: JobHandle) -> None:
     handle.steps, handle.inbox = fresh.steps, fresh.inbox
     handle.deferred.clear()
     handle.unsettled_effect = False
+    handle.flush_error = None  # about writes the state just read supersedes
 
 
 async def job_status(conn: psycopg.AsyncConnection, job_id: str) -> tuple[str, str] | None:

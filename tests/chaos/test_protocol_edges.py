@@ -104,3 +104,20 @@ def test_a_start_whose_commit_reply_was_lost_runs_its_tool_once_and_is_not_in_do
         assert stack.effects(job_id, "flaky") == 2  # one failure, one success, nothing repeated
         assert types.count("ToolStarted") == 2
     assert_topic_mirrors_outbox(stack.settings)
+
+
+def test_an_outcome_whose_commit_was_lost_is_recorded_from_memory_not_left_in_doubt(stack: Stack) -> None:
+    # The tool ran; the connection dropped before its outcome's commit (which did not land),
+    # so the reload finds the step still started. The worker ran it and holds the result.
+    # Twice: the write rides with the next step's start, then the flusher tries it on its own.
+    stack.start_worker("w1", AETHERIS_CHAOS="lose_reply:before_complete:effect:2-3")
+    with Client(stack.settings) as client:
+        job_id = client.submit("steps", {"count": 3}, tenant="acme")
+        assert client.result(job_id, timeout=60) == [{"executions": 1}] * 3
+    assert [stack.effects(job_id, f"step-{i}") for i in range(3)] == [1, 1, 1]
+    types = event_types(stack, job_id)
+    assert "ToolInDoubt" not in types
+    assert (types.count("ToolStarted"), types.count("ToolCompleted")) == (3, 3)
+    assert stack.query("SELECT count(*) FROM ledger WHERE job_id = %s AND status = 'completed'",
+                       job_id) == [(3,)]
+    assert_topic_mirrors_outbox(stack.settings)
