@@ -144,9 +144,7 @@ def topics_init(
     env.update({
         "AETHERIS_KAFKA_BOOTSTRAP": kafka.bootstrap, "AETHERIS_TOPIC_PREFIX": topic_prefix,
         "AETHERIS_PARTITIONS": str(partitions), "AETHERIS_HOME": str(home),
-        # Never contacted by `topics init`, but without it the CLI would look for a dev stack.
-        "AETHERIS_DATABASE_URL": "postgresql://127.0.0.1:1/unused",
-    })
+    })  # no AETHERIS_DATABASE_URL and no dev stack: topics need only the broker
     return subprocess.run([sys.executable, "-m", "aetheris", "topics", "init"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
 
