@@ -7,8 +7,7 @@ SIGKILLs the process there, which is exactly what a crash at that boundary looks
 ``lose_reply`` raises the error a dropped connection gives, so the worker cannot know whether
 the commit landed (at ``after_start`` it did, at ``before_complete`` it did not). Either happens
 at the ``n``-th time the point is reached (default the first), or each time from the ``n``-th
-to the ``m``-th with ``<n>-<m>``. Unset in production, where this
-costs one string comparison.
+to the ``m``-th with ``<n>-<m>``. Unset in production, where this costs one string comparison.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ def test_ledger_enforces_at_most_one_row_per_step(database_url: str) -> None:
         for seq, key in ((2, "1:charge:abc"), (1, "1:other:def")):
             with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
                 conn.execute(insert, (seq, key))
+        # Inbox rows (confirmations and signals not yet consumed) have no seq, as many as arrive.
+        for key in ("inbox:c1", "inbox:c2"):
+            conn.execute(insert, (None, key))
 
 
 def test_a_changed_applied_migration_is_an_error(
