@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,9 @@ def _fetch(client: httpx.Client, jar: Jar, target: Path) -> None:
         raise InfrastructureError(f"cannot download {jar.url}: {exc}") from None
     if hashlib.sha256(response.content).hexdigest() != jar.sha256:
         raise InfrastructureError(f"sha256 mismatch for {jar.url}; refusing to use it")
-    partial = target.with_suffix(".part")
+    # A part file of this process's own: processes that start brokers at once (parallel test
+    # runs on a fresh machine) download into the same cache, and each rename must succeed.
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
     partial.write_bytes(response.content)
     partial.replace(target)
 
