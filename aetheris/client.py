@@ -28,9 +28,10 @@ from aetheris.errors import (
     JobTimeoutError,
 )
 from aetheris.kafka import messages as m
-from aetheris.kafka.clients import make_producer
+from aetheris.kafka.clients import DeliveryPoller, make_producer
 from aetheris.kafka.serde import AvroSerde
 from aetheris.kafka.topics import COMMANDS, topic_name
+from aetheris.notices import CHANNEL, FinishedNotice, parse_notice
 from aetheris.registry import agent_name
 from aetheris.values import to_json_value
 
@@ -67,6 +68,7 @@ SELECT j.job_id, j.tenant_id, j.agent, j.status, j.waiting_reason, j.result, j.e
 
 
 _REMEMBERED_TENANTS = 10_000
+_DELIVERY_TIMEOUT_S = 30.0
 
 
 class AsyncClient:
@@ -77,8 +79,9 @@ class AsyncClient:
         self.endpoints = endpoints or resolve(self.settings)
         self.serde = AvroSerde(registry_url=self.settings.schema_registry_url)
         self.topic = topic_name(self.settings, COMMANDS)
-        self._producer = make_producer(self.endpoints.bootstrap, **{"linger.ms": 0})
+        self._producer = DeliveryPoller(make_producer(self.endpoints.bootstrap, **{"linger.ms": 0}))
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._notices: dict[str, FinishedNotice] = {}
         self._listener: asyncio.Future[None] | None = None
         self._listen_lock = asyncio.Lock()
         self._query_conn: psycopg.AsyncConnection | None = None
@@ -104,15 +107,15 @@ class AsyncClient:
         tenant: str | Callable[[int], str],
     ) -> list[str]:
         """Submit many jobs with one flush; ``tenant`` may be a function of the input's index."""
-        name, job_ids = agent_name(agent), []
+        name, job_ids, deliveries = agent_name(agent), [], []
         for index, job_input in enumerate(inputs):
             job_ids.append(uuid.uuid4().hex)
             body = m.SubmitJob(job_id=job_ids[-1], agent=name,
                                input=json.dumps(to_json_value(job_input, "job input")))
             job_tenant = tenant(index) if callable(tenant) else tenant
-            self._produce(job_tenant, body)
+            deliveries.append(self._produce(job_tenant, body))
             self._remember(job_ids[-1], job_tenant)
-        await self._flush()
+        await _delivered(deliveries)
         return job_ids
 
     async def results(self, job_ids: list[str], timeout: float = 60.0) -> dict[str, Any]:
@@ -146,9 +149,12 @@ class AsyncClient:
             await self._listen()
             while True:
                 woken.clear()
+                notice = self._notices.get(job_id)
+                if notice is not None and notice.complete:
+                    return _outcome(job_id, notice.status, notice.result, notice.error)
                 info = await self._status(self._queries(), job_id)
                 if info is not None and info.status in ("COMPLETED", "FAILED", "CANCELLED"):
-                    return _outcome(info)
+                    return _outcome(job_id, info.status, info.result, info.error)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s")
@@ -159,6 +165,7 @@ class AsyncClient:
             self._waiters[job_id].discard(woken)
             if not self._waiters[job_id]:
                 del self._waiters[job_id]
+                self._notices.pop(job_id, None)
 
     async def _listen(self) -> None:
         """Open (once) a listening connection whose notifications wake the waiting ``result``s."""
@@ -168,13 +175,17 @@ class AsyncClient:
             url = self.endpoints.database_url
             self._query_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
             listen_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
-            await listen_conn.execute("LISTEN aetheris_jobs")
+            await listen_conn.execute(f"LISTEN {CHANNEL}")
             self._listener = asyncio.ensure_future(self._dispatch(listen_conn))
 
     async def _dispatch(self, conn: psycopg.AsyncConnection) -> None:
         async with conn:
             async for notify in conn.notifies():
-                for woken in self._waiters.get(notify.payload, ()):
+                notice = parse_notice(notify.payload)
+                if notice is None or notice.job_id not in self._waiters:
+                    continue
+                self._notices[notice.job_id] = notice  # kept while someone waits for the job
+                for woken in self._waiters[notice.job_id]:
                     woken.set()
 
     def _queries(self) -> psycopg.AsyncConnection:
@@ -210,7 +221,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Flush pending commands and close the connections."""
-        await asyncio.to_thread(self._producer.flush, 10)
+        await asyncio.to_thread(self._producer.close, 10)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
@@ -232,16 +243,11 @@ class AsyncClient:
         return (await self.status(job_id)).tenant_id
 
     async def _send(self, tenant: str, body: m.CommandBody) -> None:
-        self._produce(tenant, body)
-        await self._flush()
+        await _delivered([self._produce(tenant, body)])
 
-    def _produce(self, tenant: str, body: m.CommandBody) -> None:
+    def _produce(self, tenant: str, body: m.CommandBody) -> asyncio.Future[None]:
         value = self.serde.encode_command(m.Command(tenant_id=tenant, body=body))
-        self._producer.produce(self.topic, key=tenant.encode(), value=value)
-
-    async def _flush(self) -> None:
-        if await asyncio.to_thread(self._producer.flush, 30):
-            raise InfrastructureError("commands could not be delivered to Kafka within 30s")
+        return self._producer.produce(self.topic, key=tenant.encode(), value=value)
 
     @staticmethod
     async def _status(conn: psycopg.AsyncConnection, job_id: str) -> JobInfo | None:
@@ -253,13 +259,22 @@ class AsyncClient:
         return JobInfo.model_validate(dict(zip(names, row, strict=True)))
 
 
-def _outcome(info: JobInfo) -> Any:
-    if info.status == "COMPLETED":
-        return info.result
-    if info.status == "CANCELLED":
-        raise JobCancelledError(f"job {info.job_id} was cancelled")
-    error = info.error or {}
-    raise JobFailedError(info.job_id, str(error.get("type")), str(error.get("message")))
+async def _delivered(deliveries: list[asyncio.Future[None]]) -> None:
+    """Wait until Kafka has acknowledged every command (a submit is durable from then on)."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*deliveries), _DELIVERY_TIMEOUT_S)
+    except TimeoutError:
+        raise InfrastructureError(
+            f"commands could not be delivered to Kafka within {_DELIVERY_TIMEOUT_S:.0f}s") from None
+
+
+def _outcome(job_id: str, status: str, result: Any, error: dict[str, Any] | None) -> Any:
+    if status == "COMPLETED":
+        return result
+    if status == "CANCELLED":
+        raise JobCancelledError(f"job {job_id} was cancelled")
+    error = error or {}
+    raise JobFailedError(job_id, str(error.get("type")), str(error.get("message")))
 
 
 class Client:

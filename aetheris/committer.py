@@ -24,8 +24,11 @@ MAX_IN_FLIGHT = 4
 keep several cores busy while the next groups gather."""
 
 
-Pending = tuple[FencedTransaction, "asyncio.Future[None]"]
-"""A transaction waiting in the queue, and the future its committer settles."""
+Pending = tuple[FencedTransaction, "asyncio.Future[None]", "asyncio.Future[None] | None"]
+"""A transaction waiting in the queue, the future its committer settles, and the future of the
+transaction it depends on (sent only after it, in the same group or once it has committed)."""
+
+DEPENDENCY_FAILED = "AE002"
 
 
 class GroupCommitError(AetherisError):
@@ -50,15 +53,25 @@ class GroupCommitter:
         self._work = asyncio.Event()
         self._committers: list[asyncio.Task[None]] = []
 
-    async def commit(self, tx: FencedTransaction) -> list[EventRow]:
-        """Commit ``tx`` with whatever else is ready. Raises FencedError when its epoch is stale."""
+    def enqueue(self, tx: FencedTransaction, after: asyncio.Future[None] | None = None
+                ) -> asyncio.Future[None]:
+        """Queue ``tx``; the returned future settles with its outcome.
+
+        With ``after`` (the future of a transaction queued earlier), ``tx`` commits only if that
+        one does: in the same statement right behind it, or later. It never lands on its own.
+        """
         if not self._committers:
             self._committers = [asyncio.create_task(self._serve()) for _ in range(MAX_IN_FLIGHT)]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((tx, done))
+        self._queue.append((tx, done, after))
         self._work.set()
+        return done
+
+    async def commit(self, tx: FencedTransaction, after: asyncio.Future[None] | None = None
+                     ) -> list[EventRow]:
+        """Commit ``tx`` with whatever else is ready. Raises FencedError when its epoch is stale."""
         try:
-            await done
+            await self.enqueue(tx, after)
         except BaseException:
             tx.restore()
             raise
@@ -76,30 +89,51 @@ class GroupCommitter:
         try:
             while True:
                 await self._work.wait()
-                if not self._queue:
-                    self._work.clear()
+                group = self._take_group()
+                if not group:
+                    self._work.clear()  # set again by the next commit or a settled group
                     continue
-                group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
                 try:
                     outcomes = await self._send(link, group)
                 except Exception as exc:
                     await link.replace()  # whatever happened, the next group starts afresh
                     _settle(group, exc)
-                    continue
-                _settle_each(group, outcomes)
+                    outcomes = None
+                if outcomes is not None:
+                    _settle_each(group, outcomes)
+                if self._queue:
+                    self._work.set()  # what waited for this group may go now
         finally:
             await link.release()
+
+    def _take_group(self) -> list[Pending]:
+        """The next group: queued transactions in order, except those whose dependency is still
+        on its way in another group (they wait) or did not commit (they fail without a try)."""
+        group: list[Pending] = []
+        members: set[asyncio.Future[None]] = set()
+        waiting: list[Pending] = []
+        for pending in self._queue:
+            _, done, after = pending
+            if after is not None and after.done() and (after.cancelled() or after.exception()):
+                if not done.done():
+                    done.set_exception(GroupCommitError(
+                        f"{DEPENDENCY_FAILED}:the write it depends on did not commit"))
+            elif len(group) < MAX_GROUP and (after is None or after.done() or after in members):
+                group.append(pending)
+                members.add(done)
+            else:
+                waiting.append(pending)
+        self._queue = waiting
+        return group
 
     async def _send(self, link: _Link, group: list[Pending]) -> list[str | None]:
         if len(group) == 1:
             # A lone transaction needs no subtransaction to keep its failure to itself.
-            tx = group[0][0]
-            statement = "SELECT aetheris_commit(%s, %s, %s)"
-            params: tuple[Any, ...] = (tx.partition, tx.epoch, jsonb(tx.document()))
+            statement, params = group[0][0].statement()
         else:
-            statement = "SELECT aetheris_commit_many(%s)"
-            params = (jsonb([{"partition": tx.partition, "epoch": tx.epoch, "batch": tx.document()}
-                             for tx, _ in group]),)
+            # Lazy only if every member may be: a durable member's flush covers the rest.
+            statement = "SELECT aetheris_commit_group(%s, %s)"
+            params = (jsonb(_group_document(group)), all(tx.lazy for tx, _, _ in group))
         for attempt in range(20):
             try:
                 cursor = await (await link.get()).execute(statement, params)
@@ -143,14 +177,26 @@ class _Link:
             await self.pool.putconn(conn)
 
 
+def _group_document(group: list[Pending]) -> list[dict[str, Any]]:
+    """The items of ``aetheris_commit_group``; ``after`` is the index of a dependency in it."""
+    index = {done: position for position, (_, done, _) in enumerate(group)}
+    items = []
+    for tx, _, after in group:
+        item: dict[str, Any] = {"partition": tx.partition, "epoch": tx.epoch, "batch": tx.document()}
+        if after is not None and after in index:
+            item["after"] = index[after]
+        items.append(item)
+    return items
+
+
 def _settle(group: list[Pending], exc: BaseException) -> None:
-    for _, done in group:
+    for _, done, _ in group:
         if not done.done():
             done.set_exception(exc)
 
 
 def _settle_each(group: list[Pending], outcomes: list[str | None]) -> None:
-    for (_, done), outcome in zip(group, outcomes, strict=True):
+    for (_, done, _), outcome in zip(group, outcomes, strict=True):
         if done.done():
             continue
         if outcome is None:

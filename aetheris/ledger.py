@@ -163,10 +163,16 @@ class FencedTransaction:
 
     partition: int
     epoch: int
+    lazy: bool = False
+    """Commit without waiting for the WAL flush (migration 0010): only for a write the job's
+    next, durable, write follows at once."""
     events: list[EventRow] = field(default_factory=list)
     notify: list[str] = field(default_factory=list)
     committed: list[Callable[[], None]] = field(default_factory=list)
-    """Called once the transaction has committed."""
+    """Called once the transaction has committed (visible, not necessarily durable yet)."""
+    durable: list[Callable[[], None]] = field(default_factory=list)
+    """Called once the transaction is known to be durable: at once, or after the next durable
+    commit of the same job if this one is lazy."""
     _new_jobs: list[dict[str, Any]] = field(default_factory=list)
     _new_steps: list[dict[str, Any]] = field(default_factory=list)
     _step_updates: list[dict[str, Any]] = field(default_factory=list)
@@ -237,15 +243,19 @@ class FencedTransaction:
         # An absent section costs aetheris_commit nothing; an empty one costs a statement.
         return {name: rows for name, rows in sections.items() if rows}
 
+    def statement(self) -> tuple[str, tuple[Any, ...]]:
+        """The statement that commits this transaction on its own, and its parameters."""
+        function = "aetheris_commit_lazy" if self.lazy else "aetheris_commit"
+        return f"SELECT {function}(%s, %s, %s)", (self.partition, self.epoch, jsonb(self.document()))
+
     async def commit(self, pool: AsyncConnectionPool[Any]) -> list[EventRow]:
         """One statement in its own transaction. Raises FencedError when the epoch is stale."""
-        document = jsonb(self.document())
+        statement, params = self.statement()
         try:
             for attempt in range(_RETRIES_NOT_COMMITTED):
                 try:
                     async with pool.connection() as conn:
-                        await conn.execute("SELECT aetheris_commit(%s, %s, %s)",
-                                           (self.partition, self.epoch, document))
+                        await conn.execute(statement, params)
                     break
                 except psycopg.OperationalError as exc:
                     # The server said it terminated the session: the statement did not commit,

@@ -301,6 +301,14 @@ async def evolving_swallower(ctx: Context) -> str:
     return variant
 
 
+@agent(name="echo_later")
+async def echo_later(ctx: Context, value: object, delay_s: float = 0.0) -> object:
+    """Returns ``value`` after a durable sleep of ``delay_s``."""
+    if delay_s:
+        await ctx.sleep(delay_s)
+    return value
+
+
 # -- counting the shipped examples' tools -------------------------------------------------------
 
 

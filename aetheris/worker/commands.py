@@ -10,9 +10,11 @@ from typing import Any
 import psycopg
 import structlog
 
+from aetheris.committer import GroupCommitError
 from aetheris.errors import TerminalError
 from aetheris.kafka import messages as m
 from aetheris.ledger import COMPLETED, FAILED, IN_DOUBT, STARTED, FencedTransaction, StepRecord
+from aetheris.notices import finished_notice
 from aetheris.outbox import JobCursor
 from aetheris.registry import registered_agents
 from aetheris.worker.context import error_record
@@ -21,6 +23,8 @@ from aetheris.worker.loading import job_status
 from aetheris.worker.runtime import Runtime
 
 log = structlog.get_logger("aetheris.worker")
+
+UNIQUE_VIOLATION = "23505"
 
 Schedule = Callable[[JobHandle], None]
 Reject = Callable[[m.Command, str], None]
@@ -43,18 +47,23 @@ class CommandProcessor:
         """Record a batch of SubmitJob commands of one partition in one fenced transaction.
 
         Optimistic: a repeated submission is rare, so the batch is first written as if every
-        job were new (one round trip); only when a job id turns out to be taken are the
-        existing ones looked up and the batch written again without them.
+        job were new that this worker is not running (one round trip); only when a job id
+        turns out to be taken are the existing ones looked up and the rest written again.
         """
         bodies = {c.body.job_id: c for c in commands if isinstance(c.body, m.SubmitJob)}
+        running = {job_id: handle.tenant_id for job_id in bodies
+                   if (handle := self.runtime.jobs.get(job_id)) is not None}
         try:
-            await self._record_batch(partition, bodies, {})
-        except psycopg.errors.UniqueViolation:
+            await self._record_batch(partition, bodies, running)
+        except (psycopg.errors.UniqueViolation, GroupCommitError) as exc:
+            if getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+            rest = {job_id: c for job_id, c in bodies.items() if job_id not in running}
             async with self.runtime.pool.connection() as conn:
                 cursor = await conn.execute(
-                    "SELECT job_id, tenant_id FROM jobs WHERE job_id = ANY(%s)", (list(bodies),))
+                    "SELECT job_id, tenant_id FROM jobs WHERE job_id = ANY(%s)", (list(rest),))
                 existing = dict(await cursor.fetchall())
-            await self._record_batch(partition, bodies, existing)
+            await self._record_batch(partition, rest, existing)
 
     async def _record_batch(
         self, partition: int, bodies: dict[str, m.Command], existing: dict[str, str]
@@ -71,11 +80,29 @@ class CommandProcessor:
                 accepted.append(handle)
         if tx.empty:
             return
-        events = await tx.commit(self.runtime.pool)
-        self.runtime.publisher.publish(events)
         for handle in accepted:
+            # Scheduled before the submission is even queued, so that the jobs run up to their
+            # first writes before a committer takes it: each first write then commits with the
+            # submission, in its group (or not at all, see Runtime._send).
             self.runtime.jobs[handle.job_id] = handle
             self.schedule(handle)
+        recorded = self.runtime.record(tx)
+        for handle in accepted:
+            handle.recorded = recorded
+        try:
+            # Awaited directly, so this task resumes before the jobs whose first writes were in
+            # the same group: the submission's events are published ahead of theirs.
+            await recorded
+        except BaseException:
+            tx.restore()
+            for handle in accepted:  # never recorded: the command is applied again, or rejected
+                if self.runtime.jobs.get(handle.job_id) is handle:
+                    del self.runtime.jobs[handle.job_id]
+                handle.cancelled = True
+                if handle.task is not None:
+                    handle.task.cancel()
+            raise
+        self.runtime.publisher.publish(tx.events)
 
     def _record_submission(
         self, tx: FencedTransaction, partition: int, command: m.Command
@@ -100,7 +127,7 @@ class CommandProcessor:
         if error is not None:
             tx.event(cursor, m.JobRejected(reason=error["message"], error_type=error["type"]))
             tx.update_job(cursor)
-            tx.notify.append(body.job_id)
+            tx.notify.append(finished_notice(body.job_id, "FAILED", error=error))
             return None
         tx.event(cursor, m.JobAccepted(worker_id=self.runtime.worker_id, partition=partition))
         tx.update_job(cursor)
@@ -185,7 +212,7 @@ class CommandProcessor:
             tx.event(handle.cursor, m.JobCancelled(reason=body.reason, by=body.by))
             tx.update_job(handle.cursor, status="CANCELLED", waiting_reason=None, wake_at=None,
                           finished_at=_now())
-            tx.notify.append(handle.job_id)
+            tx.notify.append(finished_notice(handle.job_id, "CANCELLED"))
 
         await self.runtime.commit(handle, cancel, even_if_cancelled=True)
         handle.status = "CANCELLED"

@@ -198,7 +198,10 @@ class JobContext(Context):
                 self._unwritten.add(key)
             else:
                 if self._job.unsettled_effect:
-                    await self._runtime.flush(self._job)  # the previous effect's outcome first
+                    # The previous effect's outcome first, on its own, so that a crash between
+                    # the two finds a clean boundary. Lazily: the start below waits for its
+                    # flush, which makes the outcome durable too (the WAL is flushed in order).
+                    await self._runtime.flush(self._job, lazy=True)
                 await self._commit_start(step, insert=True)
         else:
             outcome = self._recorded_outcome(step)
@@ -343,7 +346,7 @@ class JobContext(Context):
     def _completed(self, tx: FencedTransaction, step: StepRecord, duration_ms: int) -> None:
         reply_point("before_complete", step.name)
         self._write(tx, step)
-        tx.committed.append(functools.partial(self._job.outcome_committed, step.step_key))
+        tx.durable.append(functools.partial(self._job.outcome_committed, step.step_key))
         tx.committed.append(functools.partial(crash_point, "after_complete", step.name))
         if step.kind == "llm":
             usage = step.result.get("usage", {}) if isinstance(step.result, dict) else {}

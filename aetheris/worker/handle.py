@@ -44,6 +44,12 @@ class JobHandle:
     unsettled_effect: bool = False
     """A deferred write is the outcome of a non-idempotent effect: it must commit on its own
     before another such effect starts (see JobContext._effect)."""
+    recorded: asyncio.Future[None] | None = None
+    """The commit of the submission that records the job, while it is on its way: the job's
+    first write is sent behind it and commits only if it does."""
+    undurable: list[FencedTransaction] = field(default_factory=list)
+    """Lazy commits not yet followed by a durable one: their events and durable callbacks
+    wait for it (see Runtime.commit)."""
     flusher: asyncio.Task[None] | None = None
     """Commits the deferred writes if the job awaits something else first."""
     flush_error: BaseException | None = None

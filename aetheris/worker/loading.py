@@ -64,6 +64,7 @@ async def reload(conn: psycopg.AsyncConnection, handle: JobHandle) -> None:
     handle.status, handle.waiting_reason, handle.cursor = fresh.status, fresh.waiting_reason, fresh.cursor
     handle.steps, handle.inbox = fresh.steps, fresh.inbox
     handle.deferred.clear()
+    handle.undurable.clear()  # committed ones are in job_events, published on adoption
     handle.unsettled_effect = False
     handle.flush_error = None  # about writes the state just read supersedes
 

@@ -12,6 +12,7 @@ import structlog
 from aetheris.errors import AetherisError, FencedError, JobCancelled, JobParked, NonDeterminismError
 from aetheris.kafka import messages as m
 from aetheris.ledger import DATABASE_UNAVAILABLE, FencedTransaction, canonical_json
+from aetheris.notices import finished_notice
 from aetheris.registry import lookup_agent
 from aetheris.values import to_json_value
 from aetheris.worker.context import JobContext, JobEvicted, error_record
@@ -114,7 +115,7 @@ async def _finish(
         tx.event(handle.cursor, payload)
         tx.update_job(handle.cursor, status=status, waiting_reason=None, wake_at=None,
                       result=result, error=error, finished_at=datetime.now(UTC))
-        tx.notify.append(handle.job_id)
+        tx.notify.append(finished_notice(handle.job_id, status, result, error))
 
     await runtime.commit(handle, finish)
     handle.status = status

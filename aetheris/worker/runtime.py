@@ -74,11 +74,13 @@ class Runtime:
 
     async def commit(
         self, handle: JobHandle, build: Callable[[FencedTransaction], None], *,
-        even_if_cancelled: bool = False,
+        even_if_cancelled: bool = False, lazy: bool = False,
     ) -> list[EventRow]:
         """Run ``build`` into a fenced transaction for the job, commit it, publish its events.
 
-        The job's deferred writes go first, in the same transaction.
+        The job's deferred writes go first, in the same transaction. ``lazy`` commits without
+        waiting for the WAL flush; the caller's next write for the job must follow at once (it
+        makes this one durable), and the events wait for it, never published before then.
         """
         if handle.flush_error is not None:
             error, handle.flush_error = handle.flush_error, None
@@ -88,7 +90,7 @@ class Runtime:
                 raise JobCancelled(handle.job_id)
             # The handle's own epoch, never the current one: a task left over from an earlier
             # ownership must be fenced by the database even if this process owns it again.
-            tx = FencedTransaction(handle.partition, handle.epoch)
+            tx = FencedTransaction(handle.partition, handle.epoch, lazy=lazy)
             deferred, handle.deferred = handle.deferred, []
             try:
                 for write in deferred:
@@ -96,16 +98,44 @@ class Runtime:
                 build(tx)
                 if tx.empty:
                     return []
-                events = await self.committer.commit(tx) if self.committer else await tx.commit(self.pool)
+                events = await self._send(handle, tx)
             except BaseException:
                 handle.deferred[:0] = deferred
                 raise
             if deferred and not handle.deferred:
                 handle.unsettled_effect = False
-            self.publisher.publish(events)
-        for callback in tx.committed:
+            durable = self._made_durable(handle, tx)
+        for callback in (*tx.committed, *durable):
             callback()
         return events
+
+    async def _send(self, handle: JobHandle, tx: FencedTransaction) -> list[EventRow]:
+        recorded = handle.recorded if handle.recorded is not None and not handle.recorded.done() else None
+        if self.committer is not None:
+            # A job's first write goes right behind the submission that records the job, in the
+            # same statement when they meet in one group: one round trip and one flush for both.
+            return await self.committer.commit(tx, after=recorded)
+        if recorded is not None:
+            await recorded
+        return await tx.commit(self.pool)
+
+    def record(self, tx: FencedTransaction) -> asyncio.Future[None]:
+        """Start committing a submission batch; the future settles once it is committed.
+
+        Its jobs may be scheduled at once: their first writes wait for it (see ``_send``).
+        """
+        if self.committer is not None:
+            return self.committer.enqueue(tx)
+        return asyncio.ensure_future(_commit_alone(tx, self.pool))
+
+    def _made_durable(self, handle: JobHandle, tx: FencedTransaction) -> list[Callable[[], None]]:
+        """Publish what the committed ``tx`` made durable; return the callbacks waiting for it."""
+        handle.undurable.append(tx)
+        if tx.lazy:
+            return []
+        settled, handle.undurable = handle.undurable, []
+        self.publisher.publish([event for done in settled for event in done.events])
+        return [callback for done in settled for callback in done.durable]
 
     def defer(self, handle: JobHandle, write: Callable[[FencedTransaction], None], *,
               effect_outcome: bool = False) -> None:
@@ -136,11 +166,15 @@ class Runtime:
         finally:
             handle.flusher = None
 
-    async def flush(self, handle: JobHandle) -> None:
-        """Commit the job's deferred writes now."""
+    async def flush(self, handle: JobHandle, *, lazy: bool = False) -> None:
+        """Commit the job's deferred writes now (``lazy``: see :meth:`commit`)."""
         while handle.deferred:
-            await self.commit(handle, _nothing)
+            await self.commit(handle, _nothing, lazy=lazy)
 
 
 def _nothing(_tx: FencedTransaction) -> None:
     pass
+
+
+async def _commit_alone(tx: FencedTransaction, pool: AsyncConnectionPool[Any]) -> None:
+    await tx.commit(pool)

@@ -197,3 +197,27 @@ def test_cancel_a_running_job(stack: Stack) -> None:
     stack.wait(lambda: stack.effects(job_id) == 1, 30, "the running tool never finished")
     assert history_types(stack, job_id)[-1] == "JobCancelled"
     assert stack.query("SELECT status FROM jobs WHERE job_id = %s", job_id) == [("CANCELLED",)]
+
+
+@pytest.mark.parametrize(("size", "queries"), [(100, 1), (20_000, 2)], ids=["fits", "too-large"])
+def test_a_result_comes_with_the_finished_notice_when_it_fits(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, size: int, queries: int,
+) -> None:
+    from aetheris.client import AsyncClient
+
+    status_queries = []
+    status = AsyncClient._status
+
+    async def counted(conn: object, job_id: str) -> object:
+        status_queries.append(job_id)
+        return await status(conn, job_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AsyncClient, "_status", staticmethod(counted))
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        client.result(client.submit("echo_later", {"value": "warm-up"}, tenant="acme"), timeout=60)
+        status_queries.clear()
+        job_id = client.submit("echo_later", {"value": "x" * size, "delay_s": 0.5}, tenant="acme")
+        assert client.result(job_id, timeout=60) == "x" * size
+    # One look before waiting; after the notice, a second only for a result it could not carry.
+    assert status_queries == [job_id] * queries

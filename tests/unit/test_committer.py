@@ -1,0 +1,110 @@
+"""How the group committer forms groups and which statement it sends (the statements
+themselves run against PostgreSQL in tests/integration/test_lazy_commit.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from aetheris.committer import GroupCommitError, GroupCommitter, Pending, _group_document
+from aetheris.ledger import FencedTransaction
+
+
+class RecordingConnection:
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def execute(self, statement: str, params: tuple[Any, ...]) -> RecordingConnection:
+        self.sent.append((statement, params))
+        return self
+
+    async def fetchone(self) -> tuple[Any]:
+        return ([None] * self.rows,)
+
+
+class RecordingLink:
+    def __init__(self, rows: int) -> None:
+        self.conn = RecordingConnection(rows)
+
+    async def get(self) -> RecordingConnection:
+        return self.conn
+
+
+@pytest.mark.parametrize(("lazy", "statement", "lazy_group"), [
+    ([False], "SELECT aetheris_commit(%s, %s, %s)", None),
+    ([True], "SELECT aetheris_commit_lazy(%s, %s, %s)", None),
+    ([True, True], "SELECT aetheris_commit_group(%s, %s)", True),
+    ([True, False], "SELECT aetheris_commit_group(%s, %s)", False),  # the durable member decides
+])
+def test_a_commit_is_lazy_only_if_every_member_may_be(
+    lazy: list[bool], statement: str, lazy_group: bool | None,
+) -> None:
+    async def run() -> list[tuple[str, tuple[Any, ...]]]:
+        loop = asyncio.get_running_loop()
+        group: list[Pending] = [(FencedTransaction(0, 1, lazy=each), loop.create_future(), None)
+                                for each in lazy]
+        link = RecordingLink(len(group))
+        await GroupCommitter(None)._send(link, group)  # type: ignore[arg-type]
+        return link.conn.sent
+
+    [(sent, params)] = asyncio.run(run())
+    assert sent == statement
+    if lazy_group is not None:
+        assert params[1] is lazy_group
+
+
+def test_a_dependent_write_goes_behind_its_dependency_or_waits_for_it() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        committer = GroupCommitter(None)  # type: ignore[arg-type]
+        submission, first_write, other = (FencedTransaction(0, 1) for _ in range(3))
+        recorded: asyncio.Future[None] = loop.create_future()
+        committer._queue = [(submission, recorded, None), (first_write, loop.create_future(), recorded)]
+        group = committer._take_group()
+        assert [tx for tx, _, _ in group] == [submission, first_write]  # same group, in order
+        assert [item.get("after") for item in _group_document(group)] == [None, 0]
+
+        # The dependency is on its way in another group: the dependent waits, others go.
+        waits: asyncio.Future[None] = loop.create_future()
+        committer._queue = [(first_write, waits, recorded), (other, loop.create_future(), None)]
+        assert [tx for tx, _, _ in committer._take_group()] == [other]
+        assert [tx for tx, _, _ in committer._queue] == [first_write]
+
+        recorded.set_result(None)  # committed: the dependent goes, with no "after" left
+        group = committer._take_group()
+        assert [tx for tx, _, _ in group] == [first_write]
+        assert "after" not in _group_document(group)[0]
+
+    asyncio.run(run())
+
+
+def test_a_write_whose_dependency_failed_is_never_sent() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        committer = GroupCommitter(None)  # type: ignore[arg-type]
+        recorded: asyncio.Future[None] = loop.create_future()
+        recorded.set_exception(GroupCommitError("23505:duplicate key"))
+        recorded.exception()  # retrieved, as the submitter does
+        dependent: asyncio.Future[None] = loop.create_future()
+        committer._queue = [(FencedTransaction(0, 1), dependent, recorded)]
+        assert committer._take_group() == []
+        assert committer._queue == []
+        with pytest.raises(GroupCommitError) as failed:
+            await dependent
+        assert failed.value.sqlstate == "AE002"
+
+    asyncio.run(run())
+
+
+def test_the_group_document_names_partition_epoch_and_batch() -> None:
+    async def run() -> list[dict[str, Any]]:
+        tx = FencedTransaction(3, 7)
+        tx.notify.append("job-1")
+        return _group_document([(tx, asyncio.get_running_loop().create_future(), None)])
+
+    assert json.loads(json.dumps(asyncio.run(run()))) == [
+        {"partition": 3, "epoch": 7, "batch": {"notify": ["job-1"]}}]
