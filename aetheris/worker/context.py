@@ -25,6 +25,7 @@ from aetheris.context import Context, Decision, Signal
 from aetheris.errors import (
     AetherisError,
     ConfigError,
+    JobCancelled,
     JobParked,
     NonDeterminismError,
     RetryableError,
@@ -196,6 +197,7 @@ class JobContext(Context):
                 # LLM calls are recorded before they are made all the same: a call that cost
                 # tokens stays visible in the history even if its response is lost.
                 self._unwritten.add(key)
+                await self._job_recorded()
             else:
                 if self._job.unsettled_effect:
                     # The previous effect's outcome first, on its own, so that a crash between
@@ -212,6 +214,20 @@ class JobContext(Context):
                 return self._record_known_outcome(step, *known, definition)
             await self._recover(step, definition)
         return await self._attempts(step, definition, call)
+
+    async def _job_recorded(self) -> None:
+        """Wait until the submission that records this job has committed.
+
+        A new job runs while its submission is on its way (its first write commits with it),
+        but no effect may begin before then: a submission that fails (a repeated one, say)
+        must leave nothing behind. An effect with a start row waits anyway, for that commit.
+        """
+        if self._job.recorded is None:
+            return
+        try:
+            await self._job.recorded  # at once if it has committed already
+        except BaseException:
+            raise JobCancelled(self.job_id) from None  # never recorded: the job is dropped
 
     def _recorded_outcome(self, step: StepRecord) -> tuple[Any] | None:
         """The result of a finished step (raising a recorded final failure), else None."""

@@ -86,6 +86,21 @@ def test_submission_with_a_job_id_is_idempotent(stack: Stack) -> None:
     assert stack.query("SELECT count(*) FROM jobs WHERE job_id = 'order-42'") == [(1,)]
 
 
+@pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "at-most-once"])
+def test_a_finished_job_submitted_again_runs_nothing(stack: Stack, idempotent: bool) -> None:
+    stack.start_worker()
+    job_input = {"count": 2, "idempotent": idempotent}
+    with Client(stack.settings) as client:
+        client.result(client.submit("steps", job_input, tenant="acme", job_id="order-43"), 60)
+        client.submit("steps", job_input, tenant="acme", job_id="order-43")
+        wait_commands_consumed(stack.settings)
+        assert client.result("order-43", timeout=60) == [{"executions": 1}, {"executions": 1}]
+    # Its first step has no start row to wait for when idempotent: it still never runs before
+    # the (repeated, refused) submission would have committed.
+    assert stack.effects("order-43") == 2
+    assert history_types(stack, "order-43").count("JobSubmitted") == 1
+
+
 def test_confirmation_resumes_and_duplicates_change_nothing(stack: Stack) -> None:
     hold = stack.tmp / "hold"
     stack.start_worker(AETHERIS_TEST_HOLD=str(hold))

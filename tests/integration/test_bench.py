@@ -1,0 +1,61 @@
+"""``aetheris bench`` end to end at tiny sizes on the test broker and database: every scenario
+runs real workers and reports its figures (the figures themselves are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, Stack
+
+pytestmark = pytest.mark.integration
+
+TINY = ["--jobs", "6", "--latency-jobs", "3", "--long-steps", "20", "--concurrent", "4"]
+
+
+def bench(stack: Stack, *args: str) -> list[dict[str, object]]:
+    result = subprocess.run([sys.executable, "-m", "aetheris", "bench", *args, *TINY],
+                            env=stack.env, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_every_scenario_reports_its_figures_with_machine_and_versions(stack: Stack) -> None:
+    lines = bench(stack)
+    by_scenario: dict[str, list[dict[str, object]]] = {}
+    for line in lines:
+        assert line["system"] == "aetheris"
+        assert {"versions", "machine", "notes"} <= set(line)
+        by_scenario.setdefault(str(line["scenario"]), []).append(line)
+    assert sorted(by_scenario) == ["concurrency", "latency", "long_job", "scale", "snapshot",
+                                   "throughput"]
+    assert [t["variant"] for t in by_scenario["throughput"]] == ["at-most-once", "idempotent"]
+    assert all(float(str(t["jobs_per_s"])) > 0 for t in by_scenario["throughput"])
+    assert by_scenario["latency"][0]["jobs"] == 3
+    [long_job] = by_scenario["long_job"]
+    # The worker is killed right after step 10 committed: every step ran exactly once.
+    assert (long_job["kill_at_step"], long_job["executions"], long_job["reexecuted_steps"]) == (10, 20, 0)
+    [concurrency] = by_scenario["concurrency"]
+    assert concurrency["all_completed"] is True and concurrency["jobs"] == 4
+    [snapshot] = by_scenario["snapshot"]
+    assert snapshot["replay_steps"] == 20 and snapshot["replay_ledger_rows_read_with_snapshot"] == 0
+    assert [s["workers"] for s in by_scenario["scale"]] == [1, 2, 4]
+
+
+def test_the_snapshot_scenario_runs_on_its_own(stack: Stack) -> None:
+    [snapshot] = bench(stack, "snapshot")
+    assert snapshot["replay_steps"] == 20  # a job of --long-steps steps, run for it
+    assert snapshot["replay_ledger_rows_read_without_snapshot"] == 20
+    assert snapshot["replay_ledger_rows_read_with_snapshot"] == 0
+    assert float(str(snapshot["snapshot_create_ms"])) > 0
+
+
+def test_an_unknown_scenario_is_a_one_line_error(stack: Stack) -> None:
+    result = subprocess.run([sys.executable, "-m", "aetheris", "bench", "warp"], env=stack.env,
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "unknown scenario 'warp'" in result.stderr and "Traceback" not in result.stderr
