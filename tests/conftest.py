@@ -334,8 +334,9 @@ class Stack:
         return str(self.settings.database_url)
 
     def start_worker(self, instance_id: str | None = None, wait_for: int | None = None,
-                     **extra_env: str) -> WorkerProcess:
-        """Start a worker; wait until it owns ``wait_for`` partitions (default: all)."""
+                     cli_options: tuple[str, ...] = (), **extra_env: str) -> WorkerProcess:
+        """Start a worker (``cli_options`` added to its command line); wait until it owns
+        ``wait_for`` partitions (default: all)."""
         instance_id = instance_id or f"w-{uuid.uuid4().hex[:6]}"
         log = self.tmp / f"{instance_id}-{len(self.workers)}.log"
         # Leases count only once claimed by this process: a SIGKILLed predecessor with the same
@@ -343,7 +344,7 @@ class Stack:
         [(started,)] = self.query("SELECT now()")
         args = [sys.executable, "-m", "aetheris", "worker", "--agents", "tests.agents",
                 "--llm-provider", "tests.agents:llm", "--instance-id", instance_id,
-                "--shutdown-timeout", "5"]
+                "--shutdown-timeout", "5", *cli_options]
         with log.open("wb") as out:
             proc = subprocess.Popen(args, env={**self.env, **extra_env}, cwd=REPO,
                                     stdout=out, stderr=subprocess.STDOUT)

@@ -103,27 +103,30 @@ def send_command(settings: Settings, command: m.Command, *, times: int = 1, key:
     assert producer.flush(10) == 0
 
 
+def commands_behind(settings: Settings) -> dict[int, tuple[int, int]]:
+    """Partition -> (committed, end) of the command partitions whose offsets lag their end."""
+    topic = topic_name(settings, COMMANDS)
+    consumer = make_consumer(str(settings.kafka_bootstrap), settings.topic_prefix + GROUP)
+    partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+    try:
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions}
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
+    finally:
+        consumer.close()
+    return {p: (committed[p], end) for p, end in ends.items() if end > 0 and committed[p] < end}
+
+
 def wait_commands_consumed(settings: Settings, timeout: float = 60) -> None:
     """Wait until the worker group has committed every record now on the commands topic.
 
     The worker commits a command's offset only once its effect is durable (or it was ignored or
     dead-lettered), so afterwards nothing more can come of any command sent so far.
     """
-    topic = topic_name(settings, COMMANDS)
-    consumer = make_consumer(str(settings.kafka_bootstrap), settings.topic_prefix + GROUP)
-    partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
-    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions}
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
-            behind = {p: (committed[p], end) for p, end in ends.items() if end > 0 and committed[p] < end}
-            if not behind:
-                return
-            time.sleep(0.1)
-    finally:
-        consumer.close()
-    raise AssertionError(f"commands not consumed (partition: (committed, end)): {behind}")
+    while behind := commands_behind(settings):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"commands not consumed (partition: (committed, end)): {behind}")
+        time.sleep(0.1)
 
 
 def dead_letters(settings: Settings, expected: int, timeout: float = 30) -> list[Message]:

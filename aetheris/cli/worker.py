@@ -53,6 +53,9 @@ def worker(
     llm_provider: str | None = typer.Option(None, "--llm-provider", help="module:attribute of a provider."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics."),
     log_json: bool = typer.Option(False, "--log-json", help="JSON log lines."),
+    offset_commit_interval: float = typer.Option(
+        0.2, "--offset-commit-interval", min=0,
+        help="Seconds between commits of consumed command offsets (also on hand-over)."),
 ) -> None:
     """Run a worker: consume commands and run the agents of the given modules."""
     configure_logging(json=log_json)
@@ -62,7 +65,8 @@ def worker(
 
         start_http_server(metrics_port)
     options = WorkerOptions(concurrency=concurrency, instance_id=instance_id,
-                            shutdown_timeout_s=shutdown_timeout)
+                            shutdown_timeout_s=shutdown_timeout,
+                            offset_commit_interval_s=offset_commit_interval)
     runner = Worker(current_settings(), options, llm=load_provider(llm_provider))
     asyncio.run(_run_until_signalled(runner))
 

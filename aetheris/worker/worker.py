@@ -12,6 +12,7 @@ import functools
 import itertools
 import os
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,11 @@ class WorkerOptions:
     batch_size: int = 500
     tool_threads: int = 64
     """Threads for synchronous tools."""
+    offset_commit_interval_s: float = 0.2
+    """Offsets of recorded commands are committed at most this often (and whenever a partition
+    is handed over): every command is applied idempotently, so committing later only means
+    that after a crash the next owner reads a little more again, while an offset commit per
+    batch cost the broker a request per job on a lightly loaded worker."""
 
 
 EVENTS_LINGER_MS = 50
@@ -99,6 +105,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kafka_thread = ThreadPoolExecutor(1, "aetheris-kafka")
         self._dead_lettered = False
+        self._uncommitted: dict[int, TopicPartition] = {}
+        """Per partition, the offset up to which commands are recorded but not yet committed."""
         self._origins: dict[str, str] = {}
         """Where each command of the batch being applied was read (for dead-letter headers)."""
         self.runtime: Runtime | None = None
@@ -160,24 +168,43 @@ class Worker:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._blocking(self._adopt([tp.partition for tp in partitions]))
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._blocking(self._release([tp.partition for tp in partitions], graceful=True))
+        # The next owner starts from here: what this worker recorded is not read again.
+        # (Called on the Kafka thread, while the loop awaits it: nothing else touches these.)
+        handed_over = [self._uncommitted.pop(tp.partition) for tp in partitions
+                       if tp.partition in self._uncommitted]
+        if handed_over:
+            if self._dead_lettered:
+                self.producer.flush(30)
+            consumer.commit(offsets=handed_over, asynchronous=False)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Someone else may own them already: stop at once; late writes are fenced by Postgres.
+        # Their uncommitted offsets are dropped: the next owner reads those commands again,
+        # which changes nothing (every command is applied idempotently).
+        for tp in partitions:
+            self._uncommitted.pop(tp.partition, None)
         self._blocking(self._release([tp.partition for tp in partitions], graceful=False))
 
     async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
+        last_commit, interval = time.monotonic(), self.options.offset_commit_interval_s
         while not stop.is_set():
             batch = await self._kafka(_fetch, consumer, self.options.batch_size)
             if batch:
-                committed = await self._process(batch, consumer)
-                if self._dead_lettered:
-                    # A dead letter must be in Kafka before the offset that skips its record.
-                    self._dead_lettered = False
-                    await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30)
-                if committed:
-                    await self._kafka(consumer.commit, offsets=committed, asynchronous=True)
+                for offset in await self._process(batch, consumer):
+                    self._uncommitted[offset.partition] = offset
+            if self._uncommitted and time.monotonic() - last_commit >= interval:
+                await self._commit_offsets(consumer)
+                last_commit = time.monotonic()
+
+    async def _commit_offsets(self, consumer: Consumer) -> None:
+        if self._dead_lettered:
+            # A dead letter must be in Kafka before the offset that skips its record.
+            self._dead_lettered = False
+            await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30)
+        offsets, self._uncommitted = list(self._uncommitted.values()), {}
+        await self._kafka(consumer.commit, offsets=offsets, asynchronous=True)
 
     async def _process(self, batch: list[Message], consumer: Consumer) -> list[TopicPartition]:
         """Apply a batch; return the offsets that are safe to commit."""

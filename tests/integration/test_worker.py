@@ -7,7 +7,7 @@ import pytest
 from aetheris import Client, JobFailedError
 from aetheris.outbox import job_history, verify_chain
 from tests.conftest import Stack
-from tests.events import dead_letters, wait_commands_consumed
+from tests.events import commands_behind, dead_letters, wait_commands_consumed
 
 pytestmark = pytest.mark.integration
 
@@ -236,3 +236,17 @@ def test_a_result_comes_with_the_finished_notice_when_it_fits(
         assert client.result(job_id, timeout=60) == "x" * size
     # One look before waiting; after the notice, a second only for a result it could not carry.
     assert status_queries == [job_id] * queries
+
+
+def test_offsets_are_committed_on_their_interval_and_when_the_worker_hands_over(stack: Stack) -> None:
+    import signal
+
+    worker = stack.start_worker(cli_options=("--offset-commit-interval", "3600"))
+    with Client(stack.settings) as client:
+        job_id = client.submit("steps", {"count": 1}, tenant="acme")
+        client.result(job_id, timeout=60)
+    assert commands_behind(stack.settings)  # recorded, not committed: the interval is long
+    worker.kill(signal.SIGTERM)  # a graceful stop hands its partitions over
+    assert worker.proc.returncode == 0
+    assert commands_behind(stack.settings) == {}
+    assert stack.effects(job_id) == 1
