@@ -48,7 +48,13 @@ def jsonb(value: Any) -> Jsonb:
 
 def args_hash(value: Any) -> bytes:
     """SHA-256 of the canonical JSON of a step's arguments."""
-    return hashlib.sha256(canonical_json(value).encode()).digest()
+    return hashed_args(value)[0]
+
+
+def hashed_args(value: Any) -> tuple[bytes, str]:
+    """:func:`args_hash` and the canonical JSON it hashes (for callers that need both)."""
+    encoded = canonical_json(value)
+    return hashlib.sha256(encoded.encode()).digest(), encoded
 
 
 @dataclass
@@ -199,11 +205,12 @@ class FencedTransaction:
             "partition": cursor.partition, "status": status, "input": job_input, "error": error,
             "finished_at": _time(finished_at)})
 
-    def insert_step(self, cursor: JobCursor, step: StepRecord) -> None:
+    def insert_step(self, cursor: JobCursor, step: StepRecord, digest: bytes | None = None) -> None:
+        """Insert the step's row; ``digest`` is its args_hash if the caller has it already."""
         self._new_steps.append({
             "job_id": cursor.job_id, "step_key": step.step_key, "seq": step.seq,
             "tenant_id": cursor.tenant_id, "kind": step.kind, "name": step.name,
-            "status": step.status, "args_hash": _bytea(args_hash(step.args)), "args": step.args,
+            "status": step.status, "args_hash": _bytea(digest or args_hash(step.args)), "args": step.args,
             "result": step.result, "error": step.error, "attempt": step.attempt,
             "idempotency_key": step.idempotency_key, "wake_at": _time(step.wake_at),
             "started_at": _time(step.started_at), "finished_at": _time(step.finished_at)})

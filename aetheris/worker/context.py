@@ -42,7 +42,7 @@ from aetheris.ledger import (
     STARTED,
     FencedTransaction,
     StepRecord,
-    args_hash,
+    hashed_args,
 )
 from aetheris.registry import ToolDefinition, tool_definition
 from aetheris.retry import RetryPolicy
@@ -106,6 +106,8 @@ class JobContext(Context):
         self._uuids = 0
         self._random = random.Random(handle.job_id)
         self._clock = handle.created_at
+        self._digests: dict[str, tuple[bytes, str]] = {}
+        """Step key -> SHA-256 and canonical JSON of its arguments, made once with the key."""
         self._unwritten: set[str] = set()
         """Keys of idempotent steps running without a ledger row yet (written with the outcome)."""
         self.nondeterminism: NonDeterminismError | None = None
@@ -131,7 +133,9 @@ class JobContext(Context):
         if self.nondeterminism is not None:
             raise self.nondeterminism
         self._position += 1
-        key = f"{self._position}:{kind}:{name}:{args_hash(args).hex()[:16]}"
+        digest, encoded = hashed_args(args)
+        key = f"{self._position}:{kind}:{name}:{digest.hex()[:16]}"
+        self._digests[key] = (digest, encoded)  # the row and its ToolStarted carry them too
         recorded = self._job.steps.get(self._position)
         if recorded is not None and recorded.step_key != key:
             self.nondeterminism = NonDeterminismError(
@@ -341,9 +345,10 @@ class JobContext(Context):
             tx.update_step(self.job_id, step)
 
     def _started(self, tx: FencedTransaction, step: StepRecord, *, insert: bool) -> None:
+        digest, encoded = self._digests.get(step.step_key) or hashed_args(step.args)
         if insert:
             # With its current status: started, or already the outcome of an unwritten step.
-            tx.insert_step(self._job.cursor, step)
+            tx.insert_step(self._job.cursor, step, digest)
             self._job.add_step(step)
         else:
             step.status = STARTED
@@ -356,7 +361,7 @@ class JobContext(Context):
         else:
             tx.event(self._job.cursor, m.ToolStarted(
                 step_key=step.step_key, name=step.name, attempt=step.attempt,
-                args=_dumps(step.args), args_hash=args_hash(step.args).hex(),
+                args=encoded, args_hash=digest.hex(),
                 idempotency_key=step.idempotency_key))
 
     def _completed(self, tx: FencedTransaction, step: StepRecord, duration_ms: int) -> None:
