@@ -218,25 +218,31 @@ class Worker:
                 continue
             by_partition[message.partition() or 0].append(message)
         self._origins.clear()
-        offsets = []
-        for partition, messages in by_partition.items():
-            if partition not in self.runtime.epochs:
-                continue
-            try:
-                commands = [c for c in map(self._decode, messages) if c is not None]
-                await self._apply_or_isolate(partition, commands)
-            except FencedError:
-                self.runtime.lose(partition)
-                continue
-            except TRANSIENT as exc:
-                # Postgres or the schema registry unreachable: rewind and try the records again.
-                log.warning("command batch failed; retrying", partition=partition, error=str(exc))
-                rewind = TopicPartition(self.commands_topic, partition, messages[0].offset() or 0)
-                await self._kafka(consumer.seek, rewind)
-                await asyncio.sleep(1)
-                continue
-            offsets.append(TopicPartition(self.commands_topic, partition, (messages[-1].offset() or 0) + 1))
-        return offsets
+        # Partitions are independent: their commands are applied side by side, so that their
+        # submissions meet in the same group commits (each partition's own stay in order).
+        applied = await asyncio.gather(*(self._process_partition(partition, messages, consumer)
+                                         for partition, messages in by_partition.items()
+                                         if partition in self.runtime.epochs))
+        return [offset for offset in applied if offset is not None]
+
+    async def _process_partition(self, partition: int, messages: list[Message],
+                                 consumer: Consumer) -> TopicPartition | None:
+        """Apply one partition's records; return the offset that is safe to commit, if any."""
+        assert self.runtime is not None
+        try:
+            commands = [c for c in map(self._decode, messages) if c is not None]
+            await self._apply_or_isolate(partition, commands)
+        except FencedError:
+            self.runtime.lose(partition)
+            return None
+        except TRANSIENT as exc:
+            # Postgres or the schema registry unreachable: rewind and try the records again.
+            log.warning("command batch failed; retrying", partition=partition, error=str(exc))
+            rewind = TopicPartition(self.commands_topic, partition, messages[0].offset() or 0)
+            await self._kafka(consumer.seek, rewind)
+            await asyncio.sleep(1)
+            return None
+        return TopicPartition(self.commands_topic, partition, (messages[-1].offset() or 0) + 1)
 
     async def _apply_or_isolate(self, partition: int, commands: list[m.Command]) -> None:
         """Apply the commands; if that fails for a reason that is not transient, apply them one
