@@ -25,9 +25,11 @@ and whenever a job parks; compaction (:mod:`aetheris.compaction`) takes them for
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -77,10 +79,32 @@ def encode_steps(steps: list[StepRecord]) -> bytes:
     return bytes([CODEC_ZLIB_JSON_V1]) + zlib.compress(document.encode(), _ZLIB_LEVEL)
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a snapshot is decoded.
+
+    Decoding allocates tens of thousands of lists, dicts and StepRecords, none of them in a
+    reference cycle, and the collections that this triggers were up to half of the decode time
+    (a 10,000-step snapshot: 26-34 ms paused against 39-86 ms, on the 2-core machine).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def decode_steps(data: bytes) -> list[StepRecord]:
     """Inverse of :func:`encode_steps`: the StepRecords, field for field."""
     if not data or data[0] != CODEC_ZLIB_JSON_V1:
         raise SnapshotFormatError(f"unknown snapshot codec {data[:1].hex() or 'empty'}")
+    with _cyclic_gc_paused():
+        return _decode_document(data)
+
+
+def _decode_document(data: bytes) -> list[StepRecord]:
     try:
         document = json.loads(zlib.decompress(data[1:]))
         names = tuple(str(name) for name in document["fields"])
