@@ -107,7 +107,8 @@ class JobContext(Context):
         self._random = random.Random(handle.job_id)
         self._clock = handle.created_at
         self._digests: dict[str, tuple[bytes, str]] = {}
-        """Step key -> SHA-256 and canonical JSON of its arguments, made once with the key."""
+        """Step key -> SHA-256 and canonical JSON of a new step's arguments, made with its key
+        (a replayed step writes no row; a retried one computes them again)."""
         self._unwritten: set[str] = set()
         """Keys of idempotent steps running without a ledger row yet (written with the outcome)."""
         self.nondeterminism: NonDeterminismError | None = None
@@ -135,8 +136,9 @@ class JobContext(Context):
         self._position += 1
         digest, encoded = hashed_args(args)
         key = f"{self._position}:{kind}:{name}:{digest.hex()[:16]}"
-        self._digests[key] = (digest, encoded)  # the row and its ToolStarted carry them too
         recorded = self._job.steps.get(self._position)
+        if recorded is None:
+            self._digests[key] = (digest, encoded)  # its new row and ToolStarted carry them too
         if recorded is not None and recorded.step_key != key:
             self.nondeterminism = NonDeterminismError(
                 f"step {self._position}: the ledger recorded "

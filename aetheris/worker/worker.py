@@ -175,8 +175,7 @@ class Worker:
         handed_over = [self._uncommitted.pop(tp.partition) for tp in partitions
                        if tp.partition in self._uncommitted]
         if handed_over:
-            if self._dead_lettered:
-                self.producer.flush(30)
+            self._deliver_dead_letters()
             consumer.commit(offsets=handed_over, asynchronous=False)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -200,11 +199,15 @@ class Worker:
 
     async def _commit_offsets(self, consumer: Consumer) -> None:
         if self._dead_lettered:
-            # A dead letter must be in Kafka before the offset that skips its record.
-            self._dead_lettered = False
-            await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 30)
+            await asyncio.get_running_loop().run_in_executor(None, self._deliver_dead_letters)
         offsets, self._uncommitted = list(self._uncommitted.values()), {}
         await self._kafka(consumer.commit, offsets=offsets, asynchronous=True)
+
+    def _deliver_dead_letters(self) -> None:
+        """A dead letter must be in Kafka before the offset that skips its record is committed."""
+        if self._dead_lettered:
+            self._dead_lettered = False
+            self.producer.flush(30)
 
     async def _process(self, batch: list[Message], consumer: Consumer) -> list[TopicPartition]:
         """Apply a batch; return the offsets that are safe to commit."""
