@@ -28,7 +28,7 @@ from aetheris.errors import (
     JobTimeoutError,
 )
 from aetheris.kafka import messages as m
-from aetheris.kafka.clients import DeliveryPoller, make_producer
+from aetheris.kafka.clients import COMMAND_PRODUCER, DeliveryPoller, make_producer
 from aetheris.kafka.serde import AvroSerde
 from aetheris.kafka.topics import COMMANDS, topic_name
 from aetheris.notices import CHANNEL, FinishedNotice, parse_notice
@@ -79,7 +79,7 @@ class AsyncClient:
         self.endpoints = endpoints or resolve(self.settings)
         self.serde = AvroSerde(registry_url=self.settings.schema_registry_url)
         self.topic = topic_name(self.settings, COMMANDS)
-        self._producer = DeliveryPoller(make_producer(self.endpoints.bootstrap, **{"linger.ms": 0}))
+        self._producer = DeliveryPoller(make_producer(self.endpoints.bootstrap, **COMMAND_PRODUCER))
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._notices: dict[str, FinishedNotice] = {}
         self._listener: asyncio.Future[None] | None = None

@@ -35,6 +35,15 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
+COMMAND_PRODUCER = {"linger.ms": 0, "enable.idempotence": False,
+                    "max.in.flight.requests.per.connection": 1}
+"""Overrides for the producers of commands (the clients). An idempotent producer cannot send
+until it has a producer id, and librdkafka asks for it on a 500 ms timer once its bootstrap
+connection is replaced: every fresh client's first submit waited half a second. One request in
+flight keeps commands in order across retries, and a command that a retry writes twice is
+applied once, like every redelivered command (by job id, or by command id in the inbox)."""
+
+
 def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
     """Consumer settings: manual commits (progress is committed only after durable state)."""
     return {
