@@ -160,13 +160,16 @@ class OutboxPublisher:
     def publish(self, rows: Iterable[EventRow]) -> None:
         """Queue committed rows (the caller guarantees per-job seq order).
 
-        Encoding and producing happen once the caller yields to the event loop, so they overlap
-        with the job's next database round trip instead of delaying it.
+        Encoding and producing happen after the callbacks already due on the event loop, so
+        they overlap with the job's next database round trip instead of delaying it: the job
+        goes on at once, its next write wakes the group committer, and the committer sends it
+        before the events are encoded (a timer that is due runs after the handles made ready
+        before it).
         """
         self._queued.extend(rows)
         if not self._produce_scheduled:
             self._produce_scheduled = True
-            asyncio.get_running_loop().call_soon(self._produce_queued)
+            asyncio.get_running_loop().call_later(0, self._produce_queued)
 
     def _produce_queued(self) -> None:
         self._produce_scheduled = False
