@@ -3,6 +3,7 @@ processes, and the description of the machine and versions the figures belong to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 import psutil
 import psycopg
+from confluent_kafka import KafkaException
 
 from aetheris.config import Settings
 from aetheris.db.migrate import migrate
@@ -64,12 +66,16 @@ class BenchEnv:
 
     settings: Settings
     workdir: Path
+    run_id: str = ""
     workers: list[WorkerProcess] = field(default_factory=list)
+    created_database: tuple[str, str] | None = None
+    """(server admin URL, name) of the database this run created, dropped by :meth:`close`."""
 
     @classmethod
     def create(cls, base: Settings, step: Callable[[str], None]) -> BenchEnv:
         """Use the configured addresses, or the dev stack (started if needed)."""
         run_id = uuid.uuid4().hex[:8]
+        created: tuple[str, str] | None = None
         if base.kafka_bootstrap and base.database_url:
             bootstrap, database_url = base.kafka_bootstrap, base.database_url
             profile = resolve(base).profile
@@ -82,7 +88,9 @@ class BenchEnv:
             bootstrap, profile = state.bootstrap, stack.broker.profile
             # A database of its own: partition leases are per database, so a bench run never
             # fences (or is fenced by) a worker of the user's.
-            database_url = stack.postgres.create_database(f"aetheris_bench_{run_id}")
+            name = f"aetheris_bench_{run_id}"
+            database_url = stack.postgres.create_database(name)
+            created = (stack.postgres.url_for("postgres"), name)
         step("migrations and topics")
         migrate(database_url)
         settings = base.model_copy(update={
@@ -91,7 +99,7 @@ class BenchEnv:
         ensure_topics(make_admin(bootstrap), topic_specs(settings), profile=profile)
         workdir = base.home / "bench" / run_id
         workdir.mkdir(parents=True, exist_ok=True)
-        return cls(settings, workdir)
+        return cls(settings, workdir, run_id, created_database=created)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AETHERIS_")}
@@ -134,6 +142,25 @@ class BenchEnv:
         for worker in self.workers:
             worker.stop()
         self.workers.clear()
+
+    def close(self) -> None:
+        """Stop the workers; delete the run's topics and the database it created.
+
+        Runs left behind add up: hundreds of them were ~10,000 partitions on the broker and as
+        many databases for autovacuum to visit, all while later runs were being measured.
+        """
+        self.stop_workers()
+        admin = make_admin(str(self.settings.kafka_bootstrap))
+        names = [spec.name for spec in topic_specs(self.settings)]
+        # The consumer group stays: its static members are in it until their session times
+        # out, and an empty group holds nothing once its topics are gone (the broker expires it).
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(KafkaException):  # never created, or gone already
+                future.result()
+        if self.created_database is not None:
+            admin_url, name = self.created_database
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
     def postgres_version(self) -> str:
         with psycopg.connect(str(self.settings.database_url)) as conn:

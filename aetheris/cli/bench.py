@@ -21,6 +21,7 @@ def bench(
     latency_jobs: int = typer.Option(200, "--latency-jobs", min=1),
     long_steps: int = typer.Option(10_000, "--long-steps", min=2),
     concurrent: int = typer.Option(100, "--concurrent", min=1),
+    keep: bool = typer.Option(False, "--keep", help="Keep the run's database and topics."),
 ) -> None:
     """Run benchmark scenarios on the embedded stack (or AETHERIS_* addresses); JSON on stdout."""
     chosen = scenarios or list(SCENARIOS)
@@ -37,14 +38,16 @@ def bench(
             progress.update(task, description=what, completed=done, total=total)
 
         env = BenchEnv.create(current_settings(), lambda what: report(what, 0, 0))
-        context = {"system": "aetheris", "versions": versions(env), "machine": machine()}
+        context = {"system": "aetheris", "run": env.run_id, "versions": versions(env),
+                   "machine": machine()}
         try:
             for name in chosen:
                 progress.update(task, description=name, completed=0, total=None)
                 for figures in SCENARIOS[name](env, sizes, report):
                     _emit({"system": "aetheris", **figures, **context}, out)
         finally:
-            env.stop_workers()
+            progress.update(task, description="cleaning up", completed=0, total=None)
+            env.stop_workers() if keep else env.close()
 
 
 def _emit(result: dict[str, object], out: Path | None) -> None:

@@ -7,9 +7,12 @@ import json
 import subprocess
 import sys
 
+import psycopg
 import pytest
+from confluent_kafka.admin import AdminClient
 
-from tests.conftest import REPO, Stack
+from aetheris.bench.harness import BenchEnv
+from tests.conftest import REPO, Postgres, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +62,24 @@ def test_an_unknown_scenario_is_a_one_line_error(stack: Stack) -> None:
                             cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0
     assert "unknown scenario 'warp'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_deletes_its_topics_unless_kept(stack: Stack) -> None:
+    admin = AdminClient({"bootstrap.servers": str(stack.settings.kafka_bootstrap)})
+    [removed] = bench(stack, "latency")
+    [kept] = bench(stack, "latency", "--keep")
+    topics = admin.list_topics(timeout=30).topics
+    assert not [t for t in topics if t.startswith(f"bench-{removed['run']}.")]
+    assert len([t for t in topics if t.startswith(f"bench-{kept['run']}.")]) >= 2
+
+
+def test_closing_drops_the_database_the_run_created(stack: Stack, postgres: Postgres) -> None:
+    name = f"aetheris_bench_closing_{stack.settings.topic_prefix.strip('.').replace('-', '_')}"
+    url = postgres.create_database(name)
+    # Topics of a prefix nobody created: deleting what is not there is no error.
+    settings = stack.settings.model_copy(update={"database_url": url,
+                                                 "topic_prefix": "closing-" + stack.settings.topic_prefix})
+    env = BenchEnv(settings, stack.tmp, "t", created_database=(postgres.admin_url, name))
+    env.close()
+    with psycopg.connect(postgres.admin_url) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
