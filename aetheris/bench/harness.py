@@ -154,7 +154,7 @@ class BenchEnv:
         names = [spec.name for spec in topic_specs(self.settings)]
         # The consumer group stays: its static members are in it until their session times
         # out, and an empty group holds nothing once its topics are gone (the broker expires it).
-        for future in admin.delete_topics(names, operation_timeout=30).values():
+        for future in admin.delete_topics(names, operation_timeout=30, request_timeout=30).values():
             with contextlib.suppress(KafkaException):  # never created, or gone already
                 future.result()
         if self.created_database is not None:

@@ -47,7 +47,19 @@ def bench(
                     _emit({"system": "aetheris", **figures, **context}, out)
         finally:
             progress.update(task, description="cleaning up", completed=0, total=None)
-            env.stop_workers() if keep else env.close()
+            _clean_up(env, keep)
+
+
+def _clean_up(env: BenchEnv, keep: bool) -> None:
+    """Stop the workers and, unless kept, remove the run's topics and database; a failure here
+    is reported, never raised over the error that may have ended the run."""
+    try:
+        if keep:
+            env.stop_workers()
+        else:
+            env.close()
+    except Exception as exc:
+        err_console.print(f"[yellow]bench run {env.run_id} not cleaned up: {exc}[/yellow]")
 
 
 def _emit(result: dict[str, object], out: Path | None) -> None:
