@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import psycopg
@@ -24,7 +25,7 @@ from aetheris.config import Settings
 from aetheris.db.migrate import migrate
 from aetheris.dev.stack import DevStack
 from aetheris.endpoints import resolve
-from aetheris.errors import InfrastructureError
+from aetheris.errors import ConfigError, InfrastructureError
 from aetheris.kafka.clients import make_admin
 from aetheris.kafka.topics import ensure_topics, topic_specs
 
@@ -69,15 +70,19 @@ class BenchEnv:
     run_id: str = ""
     workers: list[WorkerProcess] = field(default_factory=list)
     created_database: tuple[str, str] | None = None
-    """(server admin URL, name) of the database this run created, dropped by :meth:`close`."""
+    """(URL of a database on its server, name) of the database this run created, dropped by
+    :meth:`close`."""
 
     @classmethod
     def create(cls, base: Settings, step: Callable[[str], None]) -> BenchEnv:
-        """Use the configured addresses, or the dev stack (started if needed)."""
+        """Use the configured addresses, or the dev stack (started if needed).
+
+        Either way the run gets a database of its own on that server: partition leases are
+        per database, so a bench run never fences (or is fenced by) a worker of the user's.
+        """
         run_id = uuid.uuid4().hex[:8]
-        created: tuple[str, str] | None = None
         if base.kafka_bootstrap and base.database_url:
-            bootstrap, database_url = base.kafka_bootstrap, base.database_url
+            bootstrap, server_url = base.kafka_bootstrap, base.database_url
             profile = resolve(base).profile
         else:
             stack = DevStack(base)
@@ -86,12 +91,10 @@ class BenchEnv:
                 step("starting the dev stack")
                 state = stack.up()
             bootstrap, profile = state.bootstrap, stack.broker.profile
-            # A database of its own: partition leases are per database, so a bench run never
-            # fences (or is fenced by) a worker of the user's.
-            name = f"aetheris_bench_{run_id}"
-            database_url = stack.postgres.create_database(name)
-            created = (stack.postgres.url_for("postgres"), name)
-        step("migrations and topics")
+            server_url = stack.postgres.url_for("postgres")
+        step("database, migrations and topics")
+        name = f"aetheris_bench_{run_id}"
+        database_url = _create_database(server_url, name)
         migrate(database_url)
         settings = base.model_copy(update={
             "kafka_bootstrap": bootstrap, "database_url": database_url,
@@ -99,7 +102,7 @@ class BenchEnv:
         ensure_topics(make_admin(bootstrap), topic_specs(settings), profile=profile)
         workdir = base.home / "bench" / run_id
         workdir.mkdir(parents=True, exist_ok=True)
-        return cls(settings, workdir, run_id, created_database=created)
+        return cls(settings, workdir, run_id, created_database=(server_url, name))
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AETHERIS_")}
@@ -166,6 +169,18 @@ class BenchEnv:
         with psycopg.connect(str(self.settings.database_url)) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         return str(row[0]) if row else "unknown"
+
+
+def _create_database(server_url: str, name: str) -> str:
+    """Create ``name`` on the server of ``server_url``; return its URL."""
+    try:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    except psycopg.Error as exc:
+        raise ConfigError(
+            f"aetheris bench runs in a database of its own and could not create {name} "
+            f"({exc.diag.message_primary or exc}); give it a server where it may") from None
+    return urlsplit(server_url)._replace(path="/" + name).geturl()
 
 
 def versions(env: BenchEnv) -> dict[str, str]:

@@ -65,13 +65,25 @@ def test_an_unknown_scenario_is_a_one_line_error(stack: Stack) -> None:
     assert "unknown scenario 'warp'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_run_deletes_its_topics_unless_kept(stack: Stack) -> None:
+def test_a_run_uses_a_database_of_its_own_and_removes_it_with_its_topics_unless_kept(
+    stack: Stack, postgres: Postgres,
+) -> None:
     admin = AdminClient({"bootstrap.servers": str(stack.settings.kafka_bootstrap)})
     removed, _ = bench(stack, "latency")
     kept, _ = bench(stack, "latency", "--keep")
     topics = admin.list_topics(timeout=30).topics
+    kept_database = f"aetheris_bench_{kept['run']}"
+    with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+        databases = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+        conn.execute(f'DROP DATABASE IF EXISTS "{kept_database}" WITH (FORCE)'.encode())
     assert not [t for t in topics if t.startswith(f"bench-{removed['run']}.")]
+    assert f"aetheris_bench_{removed['run']}" not in databases
     assert len([t for t in topics if t.startswith(f"bench-{kept['run']}.")]) >= 2
+    assert kept_database in databases
+    # The configured database is the user's: the bench's workers never took its leases.
+    with psycopg.connect(str(stack.settings.database_url)) as conn:
+        assert conn.execute("SELECT count(*) FROM partition_leases").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
 
 
 def test_closing_drops_the_database_the_run_created(stack: Stack, postgres: Postgres) -> None:
