@@ -12,6 +12,8 @@ import pytest
 from aetheris.committer import GroupCommitError, GroupCommitter, Pending, _group_document
 from aetheris.ledger import FencedTransaction
 
+pytestmark = pytest.mark.unit
+
 
 class RecordingConnection:
     def __init__(self, rows: int) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aetheris.notices import FinishedNotice, finished_notice, parse_notice
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_small_outcome_rides_with_the_notice() -> None:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from aetheris.kafka import messages as m
 from aetheris.kafka.serde import AvroSerde
 from aetheris.outbox import JobCursor, OutboxPublisher, next_event
+
+pytestmark = pytest.mark.unit
 
 
 class RecordingProducer:

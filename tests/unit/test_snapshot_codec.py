@@ -10,6 +10,8 @@ import pytest
 from aetheris.ledger import StepRecord
 from aetheris.snapshots import SnapshotFormatError, decode_steps, encode_steps
 
+pytestmark = pytest.mark.unit
+
 STEPS = [StepRecord(f"{i}:tool:t:00", i, "tool", "t", "completed", args={"i": i},
                     result={"big": 2**70 + i}, started_at=datetime(2026, 12, 2, tzinfo=UTC),
                     finished_at=datetime(2026, 12, 2, 0, 0, i % 60, 123456, tzinfo=UTC))
