@@ -3,11 +3,13 @@ outbox, commands are consumed, rejected commands reach the dead-letter topic."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 
 import psycopg
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from aetheris import Client, JobNotFoundError
 from aetheris.config import Settings
@@ -105,15 +107,8 @@ def send_command(settings: Settings, command: m.Command, *, times: int = 1, key:
 
 def commands_behind(settings: Settings) -> dict[int, tuple[int, int]]:
     """Partition -> (committed, end) of the command partitions whose offsets lag their end."""
-    topic = topic_name(settings, COMMANDS)
-    consumer = make_consumer(str(settings.kafka_bootstrap), settings.topic_prefix + GROUP)
-    partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
-    try:
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions}
-        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
-    finally:
-        consumer.close()
-    return {p: (committed[p], end) for p, end in ends.items() if end > 0 and committed[p] < end}
+    with _group_offsets(settings) as offsets:
+        return offsets.behind(offsets.ends())
 
 
 def wait_commands_consumed(settings: Settings, timeout: float = 60) -> None:
@@ -123,10 +118,38 @@ def wait_commands_consumed(settings: Settings, timeout: float = 60) -> None:
     dead-lettered), so afterwards nothing more can come of any command sent so far.
     """
     deadline = time.monotonic() + timeout
-    while behind := commands_behind(settings):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"commands not consumed (partition: (committed, end)): {behind}")
-        time.sleep(0.1)
+    with _group_offsets(settings) as offsets:
+        ends = offsets.ends()
+        while behind := offsets.behind(ends):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"commands not consumed (partition: (committed, end)): {behind}")
+            time.sleep(0.1)
+
+
+class _GroupOffsets:
+    """The worker group's committed offsets and the ends of the command partitions."""
+
+    def __init__(self, settings: Settings, consumer: Consumer) -> None:
+        topic = topic_name(settings, COMMANDS)
+        self.consumer = consumer
+        self.partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+
+    def ends(self) -> dict[int, int]:
+        return {p.partition: self.consumer.get_watermark_offsets(p, timeout=10)[1]
+                for p in self.partitions}
+
+    def behind(self, ends: dict[int, int]) -> dict[int, tuple[int, int]]:
+        committed = {tp.partition: tp.offset for tp in self.consumer.committed(self.partitions, timeout=10)}
+        return {p: (committed[p], end) for p, end in ends.items() if end > 0 and committed[p] < end}
+
+
+@contextlib.contextmanager
+def _group_offsets(settings: Settings) -> Iterator[_GroupOffsets]:
+    consumer = make_consumer(str(settings.kafka_bootstrap), settings.topic_prefix + GROUP)
+    try:
+        yield _GroupOffsets(settings, consumer)
+    finally:
+        consumer.close()
 
 
 def dead_letters(settings: Settings, expected: int, timeout: float = 30) -> list[Message]:

@@ -72,6 +72,7 @@ def make_admin(bootstrap: str) -> AdminClient:
     config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": KAFKA_LOG}
     return AdminClient(config)
 
+
 class DeliveryPoller:
     """A producer whose deliveries asyncio code can await, one future per message.
 

@@ -10,66 +10,41 @@ durably, the outcome lazily), then the same statements with sections left out. M
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from aetheris.db.migrate import migrate
+from aetheris.kafka import messages as m
+from aetheris.ledger import COMPLETED, STARTED, FencedTransaction, StepRecord, hashed_args
+from aetheris.outbox import JobCursor
 
 JOB = "job-probe"
 SCRATCH = "aetheris_probe_commit_statements"
 
 
-class Chain:
-    """Events of one job with valid seq numbers and hashes (the function stores, not checks)."""
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.prev: bytes | None = None
-
-    def event(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        self.seq += 1
-        digest = hashlib.sha256((self.prev or b"") + json.dumps(payload).encode()).digest()
-        row = {"job_id": JOB, "seq": self.seq, "tenant_id": "t", "partition": 0, "epoch": 1,
-               "type": kind, "occurred_at": "2026-12-02T06:00:00+00:00", "payload": payload,
-               "prev_hash": None if self.prev is None else "\\x" + self.prev.hex(),
-               "hash": "\\x" + digest.hex()}
-        self.prev = digest
-        return row
-
-
-def step_documents(chain: Chain, position: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The start and outcome documents of step ``position``, shaped like the worker's."""
+def step_documents(cursor: JobCursor, position: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The start and outcome documents of step ``position``, built as the worker builds them."""
     key = f"{position}:tool:counted_step:abcdef0123456789"
-    start = {
-        "new_steps": [{
-            "job_id": JOB, "step_key": key, "seq": position, "tenant_id": "t", "kind": "tool",
-            "name": "counted_step", "status": "started", "args_hash": "\\x" + "ab" * 32,
-            "args": {"step": position}, "result": None, "error": None, "attempt": 1,
-            "idempotency_key": f"{JOB}:{key}", "wake_at": None,
-            "started_at": "2026-12-02T06:00:00+00:00", "finished_at": None}],
-        "events": [chain.event("ToolStarted", {
-            "step_key": key, "name": "counted_step", "attempt": 1,
-            "args": json.dumps({"step": position}), "args_hash": "ab" * 32,
-            "idempotency_key": f"{JOB}:{key}"})],
-    }
-    outcome = {
-        "step_updates": [{
-            "job_id": JOB, "step_key": key, "status": "completed", "result": position,
-            "error": None, "attempt": 1, "seq": position, "consumed_by": None,
-            "finished_at": "2026-12-02T06:00:00+00:00"}],
-        "events": [chain.event("ToolCompleted", {
-            "step_key": key, "name": "counted_step", "attempt": 1, "result": str(position),
-            "duration_ms": 0})],
-    }
-    return start, outcome
+    digest, encoded = hashed_args({"step": position})
+    step = StepRecord(key, position, "tool", "counted_step", STARTED, args={"step": position},
+                      idempotency_key=f"{JOB}:{key}", started_at=datetime.now(UTC))
+    start = FencedTransaction(0, 1)
+    start.insert_step(cursor, step, digest)
+    start.event(cursor, m.ToolStarted(step_key=key, name=step.name, attempt=1, args=encoded,
+                                      args_hash=digest.hex(), idempotency_key=step.idempotency_key))
+    step.status, step.result, step.finished_at = COMPLETED, position, datetime.now(UTC)
+    outcome = FencedTransaction(0, 1, lazy=True)
+    outcome.update_step(JOB, step)
+    outcome.event(cursor, m.ToolCompleted(step_key=key, name=step.name, attempt=1,
+                                          result=str(position), duration_ms=0))
+    return start.document(), outcome.document()
 
 
 def median_ms(conn: psycopg.Connection[Any], statement: str,
@@ -87,11 +62,11 @@ def measure(url: str, steps: int) -> None:
     migrate(url)
     with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
         conn.execute("INSERT INTO partition_leases (partition, epoch, owner) VALUES (0, 1, 'probe')")
-        conn.execute("SELECT aetheris_commit(0, 1, %s)", (Jsonb({"new_jobs": [{
-            "job_id": JOB, "tenant_id": "t", "agent": "probe", "partition": 0,
-            "status": "RUNNING", "input": {}, "error": None, "finished_at": None}]}),))
-        chain = Chain()
-        documents = [step_documents(chain, position) for position in range(1, 2 * steps + 1)]
+        cursor = JobCursor(JOB, "t", 0)
+        job = FencedTransaction(0, 1)
+        job.insert_job(cursor, "probe", "RUNNING", {}, None, None)
+        conn.execute("SELECT aetheris_commit(0, 1, %s)", (Jsonb(job.document()),))
+        documents = [step_documents(cursor, position) for position in range(1, 2 * steps + 1)]
         starts = iter(documents[:steps])
         outcomes = iter(documents[:steps])
         start = median_ms(conn, "SELECT aetheris_commit(0, 1, %s)",
