@@ -8,6 +8,7 @@ own fence and its own outcome (see migration 0004).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any, cast
 
 import psycopg
@@ -50,7 +51,9 @@ class GroupCommitter:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
         self._queue: list[Pending] = []
-        self._work = asyncio.Event()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        """One future per committer task waiting for work: a commit wakes one of them, not
+        all (each needless wake-up is a task step on the path of every commit)."""
         self._committers: list[asyncio.Task[None]] = []
 
     def enqueue(self, tx: FencedTransaction, after: asyncio.Future[None] | None = None
@@ -64,7 +67,7 @@ class GroupCommitter:
             self._committers = [asyncio.create_task(self._serve()) for _ in range(MAX_IN_FLIGHT)]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((tx, done, after))
-        self._work.set()
+        self._wake_one()
         return done
 
     async def commit(self, tx: FencedTransaction, after: asyncio.Future[None] | None = None
@@ -88,11 +91,16 @@ class GroupCommitter:
         link = _Link(self.pool)
         try:
             while True:
-                await self._work.wait()
                 group = self._take_group()
                 if not group:
-                    self._work.clear()  # set again by the next commit or a settled group
+                    # Woken by the next commit; what waits on a group in flight is taken by
+                    # the task that settles that group, which looks at the queue again.
+                    idle = asyncio.get_running_loop().create_future()
+                    self._idle.append(idle)
+                    await idle
                     continue
+                if self._queue:
+                    self._wake_one()  # more than one group's worth: another task sends it
                 try:
                     outcomes = await self._send(link, group)
                 except Exception as exc:
@@ -101,10 +109,15 @@ class GroupCommitter:
                     outcomes = None
                 if outcomes is not None:
                     _settle_each(group, outcomes)
-                if self._queue:
-                    self._work.set()  # what waited for this group may go now
         finally:
             await link.release()
+
+    def _wake_one(self) -> None:
+        while self._idle:
+            idle = self._idle.popleft()
+            if not idle.done():  # a cancelled task's future is skipped
+                idle.set_result(None)
+                return
 
     def _take_group(self) -> list[Pending]:
         """The next group: queued transactions in order, except those whose dependency is still

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aetheris.committer import GroupCommitError, GroupCommitter, Pending, _group_document
+from aetheris.committer import MAX_GROUP, GroupCommitError, GroupCommitter, Pending, _group_document
 from aetheris.ledger import FencedTransaction
 
 pytestmark = pytest.mark.unit
@@ -110,3 +110,72 @@ def test_the_group_document_names_partition_epoch_and_batch() -> None:
 
     assert json.loads(json.dumps(asyncio.run(run()))) == [
         {"partition": 3, "epoch": 7, "batch": {"notify": ["job-1"]}}]
+
+
+class HeldConnection:
+    """A committer's connection whose statements answer once the test lets them."""
+
+    closed = False
+
+    def __init__(self, in_flight: list[int], release: asyncio.Event) -> None:
+        self.in_flight, self.release = in_flight, release
+
+    async def execute(self, statement: str, params: tuple[Any, ...]) -> HeldCursor:
+        self.in_flight.append(1)
+        await self.release.wait()
+        return HeldCursor(len(params[0].obj) if "group" in statement else 1)
+
+
+class HeldCursor:
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    async def fetchone(self) -> tuple[Any]:
+        return ([None] * self.rows,)
+
+
+class HeldPool:
+    def __init__(self, in_flight: list[int], release: asyncio.Event) -> None:
+        self.in_flight, self.release = in_flight, release
+
+    async def getconn(self) -> HeldConnection:
+        return HeldConnection(self.in_flight, self.release)
+
+    async def putconn(self, _conn: HeldConnection) -> None:
+        pass
+
+
+def test_a_commit_wakes_one_idle_committer_and_a_second_group_another() -> None:
+    async def run() -> tuple[int, int]:
+        in_flight: list[int] = []
+        release = asyncio.Event()
+        release.set()
+        committer = GroupCommitter(HeldPool(in_flight, release))  # type: ignore[arg-type]
+        looks = 0
+        take = committer._take_group
+
+        def counted() -> list[Pending]:
+            nonlocal looks
+            looks += 1
+            return take()
+
+        committer._take_group = counted  # type: ignore[method-assign]
+        await committer.commit(FencedTransaction(0, 1))
+        await asyncio.sleep(0.01)  # every committer task parked
+        looks = 0
+        await committer.commit(FencedTransaction(0, 1))
+        await asyncio.sleep(0.01)
+        woken_for_one = looks  # the task that took it, and its look after settling it
+
+        # More than a group's worth at once: two groups on their way side by side.
+        release.clear()
+        in_flight.clear()
+        commits = [committer.enqueue(FencedTransaction(0, 1)) for _ in range(MAX_GROUP + 1)]
+        await asyncio.sleep(0.01)
+        side_by_side = len(in_flight)
+        release.set()
+        await asyncio.gather(*commits)
+        await committer.close()
+        return woken_for_one, side_by_side
+
+    assert asyncio.run(run()) == (2, 2)
