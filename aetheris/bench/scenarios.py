@@ -92,13 +92,16 @@ def latency(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]
     figures = []
     for idempotent in (False, True):
         variant = _variant(idempotent)
-        env.start_worker(f"bench-latency-{variant}")
+        worker = env.start_worker(f"bench-latency-{variant}")
+        cpu_before = worker.cpu_seconds()
         samples = asyncio.run(_sequential_jobs(env, sizes, idempotent, report))
+        cpu = worker.cpu_seconds() - cpu_before
         env.stop_workers()
         figures.append({
             "scenario": "latency", "variant": variant, "jobs": len(samples),
             "p50_ms": round(nearest_rank(samples, 50), 2), "p95_ms": round(nearest_rank(samples, 95), 2),
             "p99_ms": round(nearest_rank(samples, 99), 2), "max_ms": round(samples[-1], 2),
+            "worker_cpu_ms_per_job": round(cpu / (len(samples) + sizes.warmup) * 1000, 3),
             "notes": "submit-to-result, each job awaited before the next; nearest-rank percentiles",
         })
     return figures

@@ -21,6 +21,13 @@ def bench(
     latency_jobs: int = typer.Option(200, "--latency-jobs", min=1),
     long_steps: int = typer.Option(10_000, "--long-steps", min=2),
     concurrent: int = typer.Option(100, "--concurrent", min=1),
+    warmup: int = typer.Option(10, "--warmup", min=0,
+                               help="Jobs run before the throughput, latency and scale figures."),
+    kill_at: int | None = typer.Option(None, "--kill-at", min=1,
+                                       help="Step after which long_job's worker is killed "
+                                            "(default: half of --long-steps)."),
+    sleep: float = typer.Option(2.0, "--sleep", min=0, help="Durable sleep of each concurrency job, s."),
+    workers: str = typer.Option("1,2,4", "--workers", help="Worker counts of the scale runs."),
     keep: bool = typer.Option(False, "--keep", help="Keep the run's database and topics."),
 ) -> None:
     """Run benchmark scenarios on the embedded stack (or AETHERIS_* addresses); JSON on stdout."""
@@ -28,8 +35,13 @@ def bench(
     unknown = [name for name in chosen if name not in SCENARIOS]
     if unknown:
         raise ConfigError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
-    sizes = Sizes(jobs=jobs, latency_jobs=latency_jobs, long_steps=long_steps,
-                  kill_at=long_steps // 2, concurrent=concurrent)
+    kill_at = long_steps // 2 if kill_at is None else kill_at
+    if kill_at >= long_steps:
+        raise ConfigError(f"--kill-at {kill_at} must be below --long-steps {long_steps}, so that "
+                          "steps remain for the fresh worker")
+    sizes = Sizes(jobs=jobs, warmup=warmup, latency_jobs=latency_jobs, long_steps=long_steps,
+                  kill_at=kill_at, concurrent=concurrent, sleep_s=sleep,
+                  scale_workers=_worker_counts(workers))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         task = progress.add_task("preparing", total=None)
@@ -48,6 +60,17 @@ def bench(
         finally:
             progress.update(task, description="cleaning up", completed=0, total=None)
             _clean_up(env, keep)
+
+
+def _worker_counts(text: str) -> tuple[int, ...]:
+    """``--workers``: comma-separated positive worker counts."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--workers takes comma-separated positive counts such as 1,2,4, not {text!r}")
+    return counts
 
 
 def _clean_up(env: BenchEnv, keep: bool) -> None:

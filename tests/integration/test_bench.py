@@ -40,6 +40,7 @@ def test_every_scenario_reports_its_figures_with_machine_and_versions(stack: Sta
     assert all(float(str(t["jobs_per_s"])) > 0 for t in by_scenario["throughput"])
     assert [(t["variant"], t["jobs"]) for t in by_scenario["latency"]] == [
         ("at-most-once", 3), ("idempotent", 3)]
+    assert all(float(str(t["worker_cpu_ms_per_job"])) > 0 for t in by_scenario["latency"])
     [long_job] = by_scenario["long_job"]
     # The worker is killed right after step 10 committed: every step ran exactly once.
     assert (long_job["kill_at_step"], long_job["executions"], long_job["reexecuted_steps"]) == (10, 20, 0)
@@ -56,6 +57,13 @@ def test_the_snapshot_scenario_runs_on_its_own(stack: Stack) -> None:
     assert snapshot["replay_ledger_rows_read_without_snapshot"] == 20
     assert snapshot["replay_ledger_rows_read_with_snapshot"] == 0
     assert float(str(snapshot["snapshot_create_ms"])) > 0
+
+
+def test_the_kill_step_the_warm_up_and_the_scale_workers_are_adjustable(stack: Stack) -> None:
+    lines = bench(stack, "long_job", "scale", "--kill-at", "3", "--workers", "2", "--warmup", "0")
+    [long_job, scale] = lines
+    assert (long_job["kill_at_step"], long_job["executions"], long_job["reexecuted_steps"]) == (3, 20, 0)
+    assert (scale["scenario"], scale["workers"]) == ("scale", 2)
 
 
 def test_an_unknown_scenario_is_a_one_line_error(stack: Stack) -> None:

@@ -66,7 +66,11 @@ def test_help_lists_every_top_level_command_with_its_help(capsys: pytest.Capture
         assert (command.help or "").startswith(rows[name].split(" ")[0]), (name, rows[name])
 
 
-@pytest.mark.parametrize("argv", [["nope"], ["dev", "up", "--bogus"], ["topics", "init", "x"]])
+@pytest.mark.parametrize("argv", [
+    ["nope"], ["dev", "up", "--bogus"], ["topics", "init", "x"],
+    ["bench", "long_job", "--long-steps", "10", "--kill-at", "10"],
+    ["bench", "scale", "--workers", "1,two"], ["bench", "scale", "--workers", "0"],
+])
 def test_bad_argument_is_one_line_and_non_zero(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(argv, capsys)
     assert code == 2
