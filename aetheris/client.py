@@ -83,6 +83,12 @@ class AsyncClient:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._notices: dict[str, FinishedNotice] = {}
         self._listener: asyncio.Future[None] | None = None
+        self._listenings = 0
+        """How many listening connections this client has opened (the current one's number)."""
+        self._watched: dict[str, int] = {}
+        """Jobs submitted here while a listener ran, with that listener's number: their notice
+        cannot be missed, so it is kept even before result() waits, and result() needs no
+        status query unless that listener has been replaced since."""
         self._listen_lock = asyncio.Lock()
         self._query_conn: psycopg.AsyncConnection | None = None
         self._tenants: dict[str, str] = {}
@@ -98,6 +104,7 @@ class AsyncClient:
         body = m.SubmitJob(job_id=job_id, agent=agent_name(agent),
                            input=json.dumps(to_json_value(input, "job input")),
                            submitted_by=submitted_by)
+        self._watch(job_id)
         await self._send(tenant, body)
         self._remember(job_id, tenant)
         return job_id
@@ -112,6 +119,7 @@ class AsyncClient:
             job_ids.append(uuid.uuid4().hex)
             body = m.SubmitJob(job_id=job_ids[-1], agent=name,
                                input=json.dumps(to_json_value(job_input, "job input")))
+            self._watch(job_ids[-1])
             job_tenant = tenant(index) if callable(tenant) else tenant
             deliveries.append(self._produce(job_tenant, body))
             self._remember(job_ids[-1], job_tenant)
@@ -147,12 +155,17 @@ class AsyncClient:
         self._waiters.setdefault(job_id, set()).add(woken)
         try:
             await self._listen()
+            # Submitted here while this same listener ran: its notice comes, or came already.
+            notified = self._watched.get(job_id) == self._listenings
             while True:
                 woken.clear()
                 notice = self._notices.get(job_id)
                 if notice is not None and notice.complete:
                     return _outcome(job_id, notice.status, notice.result, notice.error)
-                info = await self._status(self._queries(), job_id)
+                # (A notice without the outcome, too large to ride with it, needs the query.)
+                info = (None if notified and notice is None
+                        else await self._status(self._queries(), job_id))
+                notified = False  # the re-checks below query, in case the listener broke
                 if info is not None and info.status in ("COMPLETED", "FAILED", "CANCELLED"):
                     return _outcome(job_id, info.status, info.result, info.error)
                 remaining = deadline - loop.time()
@@ -166,6 +179,7 @@ class AsyncClient:
             if not self._waiters[job_id]:
                 del self._waiters[job_id]
                 self._notices.pop(job_id, None)
+                self._watched.pop(job_id, None)
 
     async def _listen(self) -> None:
         """Open (once) a listening connection whose notifications wake the waiting ``result``s."""
@@ -176,16 +190,18 @@ class AsyncClient:
             self._query_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
             listen_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
             await listen_conn.execute(f"LISTEN {CHANNEL}")
+            self._listenings += 1
             self._listener = asyncio.ensure_future(self._dispatch(listen_conn))
 
     async def _dispatch(self, conn: psycopg.AsyncConnection) -> None:
         async with conn:
             async for notify in conn.notifies():
                 notice = parse_notice(notify.payload)
-                if notice is None or notice.job_id not in self._waiters:
+                if notice is None or (notice.job_id not in self._waiters
+                                      and notice.job_id not in self._watched):
                     continue
-                self._notices[notice.job_id] = notice  # kept while someone waits for the job
-                for woken in self._waiters[notice.job_id]:
+                self._notices[notice.job_id] = notice  # kept until its result() has it
+                for woken in self._waiters.get(notice.job_id, ()):
                     woken.set()
 
     def _queries(self) -> psycopg.AsyncConnection:
@@ -228,6 +244,17 @@ class AsyncClient:
                 await self._listener
         if self._query_conn is not None:
             await self._query_conn.close()
+
+    def _watch(self, job_id: str) -> None:
+        """Before a submit: keep the job's notice if a listener runs (it then cannot miss it)."""
+        if self._listener is None or self._listener.done():
+            return
+        if len(self._watched) >= _REMEMBERED_TENANTS:  # never awaited here: forget the oldest
+            oldest = next(iter(self._watched))
+            del self._watched[oldest]
+            if oldest not in self._waiters:
+                self._notices.pop(oldest, None)
+        self._watched[job_id] = self._listenings
 
     def _remember(self, job_id: str, tenant: str) -> None:
         if len(self._tenants) >= _REMEMBERED_TENANTS:

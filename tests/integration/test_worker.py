@@ -214,9 +214,11 @@ def test_cancel_a_running_job(stack: Stack) -> None:
     assert stack.query("SELECT status FROM jobs WHERE job_id = %s", job_id) == [("CANCELLED",)]
 
 
-@pytest.mark.parametrize(("size", "queries"), [(100, 1), (20_000, 2)], ids=["fits", "too-large"])
+@pytest.mark.parametrize(("size", "awaited", "queries"), [
+    (100, "at once", 0), (100, "after it finished", 0), (20_000, "at once", 1),
+], ids=["fits", "fits-awaited-late", "too-large"])
 def test_a_result_comes_with_the_finished_notice_when_it_fits(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch, size: int, queries: int,
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, size: int, awaited: str, queries: int,
 ) -> None:
     from aetheris.client import AsyncClient
 
@@ -230,11 +232,18 @@ def test_a_result_comes_with_the_finished_notice_when_it_fits(
     monkeypatch.setattr(AsyncClient, "_status", staticmethod(counted))
     stack.start_worker()
     with Client(stack.settings) as client:
-        client.result(client.submit("echo_later", {"value": "warm-up"}, tenant="acme"), timeout=60)
+        warm_up = client.submit("echo_later", {"value": "warm-up"}, tenant="acme")
+        client.result(warm_up, timeout=60)
+        # Submitted before this client listened: one look, in case it had finished already.
+        assert status_queries == [warm_up]
         status_queries.clear()
         job_id = client.submit("echo_later", {"value": "x" * size, "delay_s": 0.5}, tenant="acme")
+        if awaited == "after it finished":  # the notice came before anyone waited: it was kept
+            stack.wait(lambda: stack.query("SELECT status FROM jobs WHERE job_id = %s", job_id)
+                       == [("COMPLETED",)], 30, "the job never finished")
         assert client.result(job_id, timeout=60) == "x" * size
-    # One look before waiting; after the notice, a second only for a result it could not carry.
+    # Submitted while listening, so the notice cannot be missed: no query, except for a result
+    # too large to ride with it.
     assert status_queries == [job_id] * queries
 
 
