@@ -6,16 +6,18 @@ import asyncio
 import math
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
-from aetheris.bench.harness import BenchEnv
+from aetheris.bench.harness import BenchEnv, WorkerProcess
 from aetheris.client import AsyncClient
 from aetheris.snapshots import build_replay_context, take_snapshot
+
+T = TypeVar("T")
 
 Report = Callable[[str, int, int], None]
 """(what, done, total): progress of a scenario."""
@@ -72,15 +74,13 @@ def throughput(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, An
     figures = []
     for idempotent in (False, True):
         worker = env.start_worker(f"bench-{'idem' if idempotent else 'amo'}")
-        cpu_before = worker.cpu_seconds()
-
-        elapsed = asyncio.run(_warm_then_measure(env, sizes, idempotent, report))
-        cpu = worker.cpu_seconds() - cpu_before
-        env.stop_workers()
+        elapsed, cpu_per_job = _run_and_stop(
+            env, [worker], sizes.jobs + sizes.warmup,
+            _warm_then_measure(env, sizes, idempotent, report))
         figures.append({
             "scenario": "throughput", "variant": _variant(idempotent),
             "jobs": sizes.jobs, "seconds": round(elapsed, 3), "jobs_per_s": round(sizes.jobs / elapsed, 1),
-            "worker_cpu_ms_per_job": round(cpu / (sizes.jobs + sizes.warmup) * 1000, 3),
+            "worker_cpu_ms_per_job": cpu_per_job,
             "notes": "3 sequential tool steps per job; one client process, one worker process",
         })
     return figures
@@ -93,15 +93,14 @@ def latency(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]
     for idempotent in (False, True):
         variant = _variant(idempotent)
         worker = env.start_worker(f"bench-latency-{variant}")
-        cpu_before = worker.cpu_seconds()
-        samples = asyncio.run(_sequential_jobs(env, sizes, idempotent, report))
-        cpu = worker.cpu_seconds() - cpu_before
-        env.stop_workers()
+        samples, cpu_per_job = _run_and_stop(
+            env, [worker], sizes.latency_jobs + sizes.warmup,
+            _sequential_jobs(env, sizes, idempotent, report))
         figures.append({
             "scenario": "latency", "variant": variant, "jobs": len(samples),
             "p50_ms": round(nearest_rank(samples, 50), 2), "p95_ms": round(nearest_rank(samples, 95), 2),
             "p99_ms": round(nearest_rank(samples, 99), 2), "max_ms": round(samples[-1], 2),
-            "worker_cpu_ms_per_job": round(cpu / (len(samples) + sizes.warmup) * 1000, 3),
+            "worker_cpu_ms_per_job": cpu_per_job,
             "notes": "submit-to-result, each job awaited before the next; nearest-rank percentiles",
         })
     return figures
@@ -121,6 +120,16 @@ async def _sequential_jobs(env: BenchEnv, sizes: Sizes, idempotent: bool, report
         samples.append((time.perf_counter() - began) * 1000)
         report(f"sequential jobs ({_variant(idempotent)})", i + 1, sizes.latency_jobs)
     return sorted(samples)
+
+
+def _run_and_stop(env: BenchEnv, workers: list[WorkerProcess], jobs: int,
+                  run: Coroutine[Any, Any, T]) -> tuple[T, float]:
+    """``run``'s result and the workers' CPU per job over it (ms); the workers stop after it."""
+    before = sum(worker.cpu_seconds() for worker in workers)
+    result = asyncio.run(run)
+    cpu = sum(worker.cpu_seconds() for worker in workers) - before
+    env.stop_workers()
+    return result, round(cpu / jobs * 1000, 3)
 
 
 def _variant(idempotent: bool) -> str:
@@ -268,15 +277,13 @@ def scale(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
         while sum(env.owned(w.instance_id) for w in workers) < env.settings.partitions or \
                 any(env.owned(w.instance_id) == 0 for w in workers):
             time.sleep(0.1)
-        cpu_before = sum(w.cpu_seconds() for w in workers)
-
-        elapsed = asyncio.run(_warm_then_measure(env, sizes, False, report))
-        cpu = sum(w.cpu_seconds() for w in workers) - cpu_before
-        env.stop_workers()
+        elapsed, cpu_per_job = _run_and_stop(
+            env, workers, sizes.jobs + sizes.warmup,
+            _warm_then_measure(env, sizes, False, report))
         figures.append({
             "scenario": "scale", "workers": count, "jobs": sizes.jobs,
             "jobs_per_s": round(sizes.jobs / elapsed, 1),
-            "worker_cpu_ms_per_job": round(cpu / (sizes.jobs + sizes.warmup) * 1000, 3),
+            "worker_cpu_ms_per_job": cpu_per_job,
             "notes": f"{env.settings.partitions} partitions on a {_cpus()}-core machine",
         })
     return figures
