@@ -121,7 +121,7 @@ class HeldConnection:
         self.in_flight, self.release = in_flight, release
 
     async def execute(self, statement: str, params: tuple[Any, ...]) -> HeldCursor:
-        self.in_flight.append(1)
+        self.in_flight.append(id(self))
         await self.release.wait()
         return HeldCursor(len(params[0].obj) if "group" in statement else 1)
 
@@ -179,3 +179,30 @@ def test_a_commit_wakes_one_idle_committer_and_a_second_group_another() -> None:
         return woken_for_one, side_by_side
 
     assert asyncio.run(run()) == (2, 2)
+
+
+def test_one_commit_after_another_goes_through_the_connection_used_last() -> None:
+    async def run() -> tuple[int, int]:
+        used: list[int] = []
+        release = asyncio.Event()
+        release.set()
+        committer = GroupCommitter(HeldPool(used, release))  # type: ignore[arg-type]
+        for commit in range(6):
+            await committer.commit(FencedTransaction(0, 1))
+            await asyncio.sleep(0.01)  # the task that sent it parked again
+            if commit == 0:
+                used.clear()  # the first one came before every task had parked
+        one_after_another = len(set(used))
+
+        # Two groups at once still take two connections.
+        release.clear()
+        used.clear()
+        commits = [committer.enqueue(FencedTransaction(0, 1)) for _ in range(MAX_GROUP + 1)]
+        await asyncio.sleep(0.01)
+        side_by_side = len(set(used))
+        release.set()
+        await asyncio.gather(*commits)
+        await committer.close()
+        return one_after_another, side_by_side
+
+    assert asyncio.run(run()) == (1, 2)
