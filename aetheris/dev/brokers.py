@@ -128,12 +128,6 @@ def kraft_properties(
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
         "log.cleaner.backoff.ms": "1000",
-        # An index entry per MiB of log instead of per 4 KiB: a fresh partition's first entries
-        # land on untouched pages of its memory-mapped, sparse index files, and those major
-        # page faults stalled the request threads in a run's first seconds (latency p95 over a
-        # fresh topic's first 200 jobs 8.5-9.7 -> 7.2-7.4 ms). A lookup by offset then scans
-        # at most a MiB of log, which on a dev node is nothing.
-        "log.index.interval.bytes": str(1024 * 1024),
     }
 
 

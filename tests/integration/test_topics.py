@@ -47,14 +47,6 @@ def test_creates_every_topic_once(kafka: Broker, topic_prefix: str) -> None:
         assert len(metadata.topics[name].partitions) == 4
 
 
-def test_the_node_indexes_a_topic_once_per_mebibyte(kafka: Broker, topic_prefix: str) -> None:
-    settings = Settings(topic_prefix=topic_prefix, partitions=1)
-    admin = make_admin(kafka.bootstrap)
-    ensure_topics(admin, topic_specs(settings))
-    configs = configs_of(admin, f"{topic_prefix}{COMMANDS}")
-    assert configs["index.interval.bytes"].value == str(1024 * 1024)
-
-
 def test_compacted_topics_are_compacted(kafka: Broker, topic_prefix: str) -> None:
     settings = Settings(topic_prefix=topic_prefix, partitions=2)
     admin = make_admin(kafka.bootstrap)
