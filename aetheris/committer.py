@@ -8,7 +8,6 @@ own fence and its own outcome (see migration 0004).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any, cast
 
 import psycopg
@@ -51,12 +50,12 @@ class GroupCommitter:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
         self._queue: list[Pending] = []
-        self._idle: deque[asyncio.Future[None]] = deque()
-        """One future per committer task waiting for work: a commit wakes one of them, not
-        all (each needless wake-up is a task step on the path of every commit), and the one
-        that parked last: a lightly loaded worker then sends its commits through one
-        connection to one backend, which is still warm when the next commit comes, instead
-        of waking each backend in turn (p50 of a sequential job -0.3 to -0.7 ms)."""
+        self._idle: list[asyncio.Future[None]] = []
+        """A stack of one future per committer task waiting for work. A commit wakes one task,
+        not all (each needless wake-up is a task step on the path of every commit), and the
+        one that parked last: a lightly loaded worker then sends its commits through one
+        connection to one backend, still warm when the next commit comes, instead of waking
+        each backend in turn (p50 of a sequential job -0.3 to -0.7 ms)."""
         self._committers: list[asyncio.Task[None]] = []
 
     def enqueue(self, tx: FencedTransaction, after: asyncio.Future[None] | None = None
