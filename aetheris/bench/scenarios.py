@@ -107,19 +107,26 @@ def latency(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]
 
 
 async def _sequential_jobs(env: BenchEnv, sizes: Sizes, idempotent: bool, report: Report) -> list[float]:
-    """Milliseconds from submit to result of each measured job, sorted (warm-up jobs first)."""
+    """Milliseconds from submit to result of each measured job, sorted.
+
+    The warm-up jobs go to the tenants (so the partitions) the measured ones start with: warming
+    one partition left the first measured job of every other one to meet it cold.
+    """
     client = AsyncClient(env.settings)
-    for _ in range(sizes.warmup):
-        await client.result(await client.submit("bench.simple", {"n": 0, "idempotent": idempotent},
-                                                "tenant-0"))
+    for i in range(sizes.warmup):
+        await _sequential_job(client, i, idempotent)
     samples = []
     for i in range(sizes.latency_jobs):
         began = time.perf_counter()
-        job_id = await client.submit("bench.simple", {"n": i, "idempotent": idempotent}, _tenant(i))
-        await client.result(job_id, 60)
+        await _sequential_job(client, i, idempotent)
         samples.append((time.perf_counter() - began) * 1000)
         report(f"sequential jobs ({_variant(idempotent)})", i + 1, sizes.latency_jobs)
     return sorted(samples)
+
+
+async def _sequential_job(client: AsyncClient, i: int, idempotent: bool) -> None:
+    job_id = await client.submit("bench.simple", {"n": i, "idempotent": idempotent}, _tenant(i))
+    await client.result(job_id, 60)
 
 
 def _run_and_stop(env: BenchEnv, workers: list[WorkerProcess], jobs: int,
