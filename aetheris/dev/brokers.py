@@ -211,15 +211,20 @@ def warm_up(bootstrap: str) -> None:
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+    from aetheris.kafka.clients import KAFKA_LOG
+
     topic = "__aetheris_warm_up"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # librdkafka's lines go through logging: "coordinator load in progress", which is what
+    # this waits out, is no message for the terminal of `aetheris dev up`.
+    base: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": KAFKA_LOG}
+    admin = AdminClient(base)
     if topic not in admin.list_topics(timeout=30).topics:
         admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer({**base, "enable.idempotence": True})
     producer.produce(topic, b"")
     if producer.flush(60):
         raise InfrastructureError("Apache Kafka did not accept a write within 60s")
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "aetheris-warm-up"})
+    consumer = Consumer({**base, "group.id": "aetheris-warm-up"})
     try:
         wait_until(lambda: _offsets_answer(consumer, TopicPartition(topic, 0)), 60,
                    "Apache Kafka's group coordinator", None)
