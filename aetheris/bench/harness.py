@@ -4,8 +4,11 @@ processes, and the description of the machine and versions the figures belong to
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -192,8 +195,9 @@ def versions(env: BenchEnv) -> dict[str, str]:
     return found
 
 
-def machine() -> dict[str, Any]:
-    """The machine the figures were measured on."""
+def machine(disk: Path) -> dict[str, Any]:
+    """The machine the figures were measured on, with two figures of its speed (see
+    :func:`python_ms` and :func:`fdatasync_us`) that let runs on different machines be compared."""
     model = "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -203,4 +207,45 @@ def machine() -> dict[str, Any]:
                 break
     return {"cpus": os.cpu_count(), "cpu_model": model,
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "platform": platform.platform()}
+            "platform": platform.platform(),
+            "python_ms": python_ms(), "fdatasync_us": fdatasync_us(disk)}
+
+
+def python_ms() -> float:
+    """Milliseconds of a fixed pure-Python workload (best of five). Two 2-core machines of
+    the kind this project is measured on ran the same code two to three times apart (a Xeon
+    and an EPYC); a figure without this cannot be compared with one from another machine."""
+    record = {"step": 1, "n": 42, "name": "tool", "args": [1, 2.5, "x"], "ok": True}
+
+    def workload() -> int:
+        total = 0
+        for i in range(50_000):
+            total += len(json.dumps(record)) + i % 7
+        return total
+
+    best = math.inf
+    for _ in range(5):
+        began = time.perf_counter()
+        workload()
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1000, 1)
+
+
+def fdatasync_us(directory: Path, writes: int = 500) -> float:
+    """Median microseconds of an 8 KiB write and fdatasync in ``directory`` (on the embedded
+    stack the disk of the database: the floor of a durable commit)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f".fdatasync-probe-{os.getpid()}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        block = b"\0" * 8192
+        samples = []
+        for i in range(writes):
+            began = time.perf_counter()
+            os.pwrite(fd, block, (i % 16) * 8192)
+            os.fdatasync(fd)
+            samples.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(statistics.median(samples) * 1e6, 1)
