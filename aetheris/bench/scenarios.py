@@ -31,6 +31,7 @@ class Sizes:
     warmup: int = 10
     latency_jobs: int = 200
     long_steps: int = 10_000
+    replay_events: int = 10_000
     kill_at: int = 5_000
     concurrent: int = 100
     sleep_s: float = 2.0
@@ -213,28 +214,29 @@ def concurrency(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, A
     }]
 
 
+EVENTS_PER_STEP = 2
+"""A bench tool step's events: ToolStarted and ToolCompleted."""
+
+
 def replay(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
-    """Snapshot creation for a ~1,000-event job; replay context of the long job with and
-    without a snapshot (as the worker builds it on adoption). Each timing is on a fresh connection."""
+    """Snapshot creation for a ~1,000-event job; replay context of a ``replay_events``-event job
+    with and without a snapshot (as the worker builds it on adoption). Each timing is on a fresh
+    connection."""
     url = str(env.settings.database_url)
-    with psycopg.connect(url) as conn:
-        long_row = conn.execute("SELECT job_id FROM jobs WHERE agent = 'bench.long' "
-                                "ORDER BY created_at LIMIT 1").fetchone()
-    # The long_job scenario's job when it ran first; otherwise one of the same size, run here.
-    long_job_id = str(long_row[0]) if long_row else _run_steps_job(env, sizes.long_steps, report)
-    short_job = _run_steps_job(env, 500, report)  # two events per step: ~1,000 events
+    replay_job, short_job = _run_steps_jobs(
+        env, [max(1, sizes.replay_events // EVENTS_PER_STEP), 1_000 // EVENTS_PER_STEP], report)
 
     async def measure() -> dict[str, Any]:
         figures: dict[str, Any] = {}
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await conn.execute("DELETE FROM job_snapshots WHERE job_id = %s", (short_job,))
-            events = await conn.execute("SELECT last_seq FROM jobs WHERE job_id = %s", (short_job,))
-            figures["snapshot_job_events"] = ((await events.fetchone()) or (0,))[0]
-            await take_snapshot(conn, long_job_id)  # the long job's snapshot, if none yet
+            figures["snapshot_job_events"] = await _events(conn, short_job)
+            figures["replay_job_events"] = await _events(conn, replay_job)
+            await take_snapshot(conn, replay_job)  # its snapshot, if none was taken yet
         figures["snapshot_create_ms"], _ = await _timed(url, lambda conn: take_snapshot(conn, short_job))
         for use in (False, True):
             key = "with" if use else "without"
-            build = partial(build_replay_context, job_id=long_job_id, use_snapshot=use)
+            build = partial(build_replay_context, job_id=replay_job, use_snapshot=use)
             figures[f"replay_context_{key}_snapshot_ms"], (steps, rows) = await _timed(url, build)
             figures[f"replay_ledger_rows_read_{key}_snapshot"] = rows
         figures["replay_steps"] = len(steps)
@@ -247,21 +249,29 @@ def replay(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
                       "its own fresh connection (connecting not included; PostgreSQL's cache is warm)"}]
 
 
-def _run_steps_job(env: BenchEnv, steps: int, report: Report) -> str:
-    """Run one ``bench.long`` job of ``steps`` steps to its end; return its id."""
+async def _events(conn: psycopg.AsyncConnection[Any], job_id: str) -> int:
+    cursor = await conn.execute("SELECT last_seq FROM jobs WHERE job_id = %s", (job_id,))
+    return int(((await cursor.fetchone()) or (0,))[0])
+
+
+def _run_steps_jobs(env: BenchEnv, step_counts: list[int], report: Report) -> list[str]:
+    """Run one ``bench.long`` job per count, one after another, to its end; return their ids."""
     env.start_worker("bench-snapshot")
 
-    async def run() -> str:
+    async def run() -> list[str]:
         client = AsyncClient(env.settings)
-        job_id = await client.submit("bench.long", {"steps": steps}, "tenant-snapshot")
-        report(f"a {steps}-step job to snapshot", 0, 1)
-        await client.result(job_id, timeout=3600)
-        report(f"a {steps}-step job to snapshot", 1, 1)
-        return job_id
+        job_ids = []
+        for steps in step_counts:
+            report(f"a {steps}-step job to snapshot", 0, 1)
+            job_id = await client.submit("bench.long", {"steps": steps}, "tenant-snapshot")
+            await client.result(job_id, timeout=3600)
+            report(f"a {steps}-step job to snapshot", 1, 1)
+            job_ids.append(job_id)
+        return job_ids
 
-    job_id = asyncio.run(run())
+    job_ids = asyncio.run(run())
     env.stop_workers()
-    return job_id
+    return job_ids
 
 
 async def _timed(

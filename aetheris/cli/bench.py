@@ -20,6 +20,8 @@ def bench(
     jobs: int = typer.Option(500, "--jobs", min=1, help="Jobs of the throughput and scale runs."),
     latency_jobs: int = typer.Option(200, "--latency-jobs", min=1),
     long_steps: int = typer.Option(10_000, "--long-steps", min=2),
+    replay_events: int = typer.Option(10_000, "--replay-events", min=2,
+                                      help="Events of the job whose replay context is timed."),
     concurrent: int = typer.Option(100, "--concurrent", min=1),
     warmup: int = typer.Option(10, "--warmup", min=0,
                                help="Jobs run before the throughput, latency and scale figures."),
@@ -40,7 +42,7 @@ def bench(
         raise ConfigError(f"--kill-at {kill_at} must be below --long-steps {long_steps}, so that "
                           "steps remain for the fresh worker")
     sizes = Sizes(jobs=jobs, warmup=warmup, latency_jobs=latency_jobs, long_steps=long_steps,
-                  kill_at=kill_at, concurrent=concurrent, sleep_s=sleep,
+                  replay_events=replay_events, kill_at=kill_at, concurrent=concurrent, sleep_s=sleep,
                   scale_workers=_worker_counts(workers))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
@@ -51,7 +53,7 @@ def bench(
 
         env = BenchEnv.create(current_settings(), lambda what: report(what, 0, 0))
         context = {"system": "aetheris", "run": env.run_id, "versions": versions(env),
-                   "machine": machine()}
+                   "machine": machine(env.workdir)}
         try:
             for name in chosen:
                 progress.update(task, description=name, completed=0, total=None)

@@ -16,7 +16,8 @@ from tests.conftest import REPO, Postgres, Stack
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--jobs", "6", "--latency-jobs", "3", "--long-steps", "20", "--concurrent", "4"]
+TINY = ["--jobs", "6", "--latency-jobs", "3", "--long-steps", "20", "--replay-events", "40",
+        "--concurrent", "4"]
 
 
 def bench(stack: Stack, *args: str) -> list[dict[str, object]]:
@@ -48,13 +49,15 @@ def test_every_scenario_reports_its_figures_with_machine_and_versions(stack: Sta
     [concurrency] = by_scenario["concurrency"]
     assert concurrency["all_completed"] is True and concurrency["jobs"] == 4
     [snapshot] = by_scenario["snapshot"]
-    assert snapshot["replay_steps"] == 20 and snapshot["replay_ledger_rows_read_with_snapshot"] == 0
+    # 20 steps of two events each, and the job's submitted, accepted, started and completed.
+    assert (snapshot["replay_steps"], snapshot["replay_job_events"]) == (20, 44)
+    assert snapshot["replay_ledger_rows_read_with_snapshot"] == 0
     assert [s["workers"] for s in by_scenario["scale"]] == [1, 2, 4]
 
 
 def test_the_snapshot_scenario_runs_on_its_own(stack: Stack) -> None:
     [snapshot] = bench(stack, "snapshot")
-    assert snapshot["replay_steps"] == 20  # a job of --long-steps steps, run for it
+    assert snapshot["replay_steps"] == 20  # a job of --replay-events events, run for it
     assert snapshot["replay_ledger_rows_read_without_snapshot"] == 20
     assert snapshot["replay_ledger_rows_read_with_snapshot"] == 0
     assert float(str(snapshot["snapshot_create_ms"])) > 0
