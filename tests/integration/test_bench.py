@@ -46,6 +46,7 @@ def test_every_scenario_reports_its_figures_with_machine_and_versions(stack: Sta
     [long_job] = by_scenario["long_job"]
     # The worker is killed right after step 10 committed: every step ran exactly once.
     assert (long_job["kill_at_step"], long_job["executions"], long_job["reexecuted_steps"]) == (10, 20, 0)
+    assert 0 < float(str(long_job["resume_s"])) <= float(str(long_job["recovery_s"]))
     [concurrency] = by_scenario["concurrency"]
     assert concurrency["all_completed"] is True and concurrency["jobs"] == 4
     [snapshot] = by_scenario["snapshot"]
