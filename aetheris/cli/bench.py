@@ -52,6 +52,7 @@ def bench(
             progress.update(task, description=what, completed=done, total=total)
 
         env = BenchEnv.create(current_settings(), lambda what: report(what, 0, 0))
+        report("measuring the machine's speed", 0, 0)
         context = {"system": "aetheris", "run": env.run_id, "versions": versions(env),
                    "machine": machine(env.workdir)}
         try:
