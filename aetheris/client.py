@@ -69,6 +69,9 @@ SELECT j.job_id, j.tenant_id, j.agent, j.status, j.waiting_reason, j.result, j.e
 
 _REMEMBERED_TENANTS = 10_000
 _DELIVERY_TIMEOUT_S = 30.0
+RECHECK_INTERVAL_S = 1.0
+"""How often a waiting ``result`` looks at the job's row without being woken by a notice: the
+safety net for a listening connection that broke unnoticed."""
 
 
 class AsyncClient:
@@ -171,9 +174,9 @@ class AsyncClient:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s")
-                # Woken by the worker's NOTIFY for this job; re-checked at least once a second.
+                # Woken by the worker's NOTIFY for this job, or by the re-check interval.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, 1.0))
+                    await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_INTERVAL_S))
         finally:
             self._waiters[job_id].discard(woken)
             if not self._waiters[job_id]:

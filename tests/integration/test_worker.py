@@ -220,6 +220,7 @@ def test_cancel_a_running_job(stack: Stack) -> None:
 def test_a_result_comes_with_the_finished_notice_when_it_fits(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, size: int, awaited: str, queries: int,
 ) -> None:
+    from aetheris import client as client_module
     from aetheris.client import AsyncClient
 
     status_queries = []
@@ -230,6 +231,9 @@ def test_a_result_comes_with_the_finished_notice_when_it_fits(
         return await status(conn, job_id)  # type: ignore[arg-type]
 
     monkeypatch.setattr(AsyncClient, "_status", staticmethod(counted))
+    # Only notices wake a waiting result here: on a slow machine a job may take longer than
+    # the safety net's one-second re-check, whose queries are not what this counts.
+    monkeypatch.setattr(client_module, "RECHECK_INTERVAL_S", 120.0)
     stack.start_worker()
     with Client(stack.settings) as client:
         warm_up = client.submit("echo_later", {"value": "warm-up"}, tenant="acme")
@@ -245,6 +249,29 @@ def test_a_result_comes_with_the_finished_notice_when_it_fits(
     # Submitted while listening, so the notice cannot be missed: no query, except for a result
     # too large to ride with it.
     assert status_queries == [job_id] * queries
+
+
+def test_a_waiting_result_finds_the_outcome_when_no_notice_comes(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import time
+
+    from aetheris import client as client_module
+    from aetheris.client import AsyncClient
+
+    async def deaf(_self: object, conn: object) -> None:
+        await asyncio.Event().wait()  # a listening connection that broke without a word
+
+    monkeypatch.setattr(AsyncClient, "_dispatch", deaf)
+    monkeypatch.setattr(client_module, "RECHECK_INTERVAL_S", 0.2)
+    stack.start_worker()
+    with Client(stack.settings) as client:
+        job_id = client.submit("echo_later", {"value": "found", "delay_s": 0.5}, tenant="acme")
+        began = time.monotonic()
+        assert client.result(job_id, timeout=60) == "found"
+    # Not at the deadline, where result() looks one last time anyway: a re-check found it.
+    assert time.monotonic() - began < 30
 
 
 def test_offsets_are_committed_on_their_interval_and_when_the_worker_hands_over(stack: Stack) -> None:
