@@ -208,23 +208,22 @@ def warm_up(bootstrap: str) -> None:
     One idempotent write to a one-partition topic and one offset fetch: after them, the first
     worker and client do not stall on "coordinator load in progress".
     """
-    from confluent_kafka import Consumer, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-    from aetheris.kafka.clients import KAFKA_LOG
+    # The project's clients (idempotent producer; librdkafka's lines through logging, so
+    # "coordinator load in progress", which this waits out, never reaches the terminal).
+    from aetheris.kafka.clients import make_admin, make_consumer, make_producer
 
     topic = "__aetheris_warm_up"
-    # librdkafka's lines go through logging: "coordinator load in progress", which is what
-    # this waits out, is no message for the terminal of `aetheris dev up`.
-    base: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": KAFKA_LOG}
-    admin = AdminClient(base)
+    admin = make_admin(bootstrap)
     if topic not in admin.list_topics(timeout=30).topics:
         admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
-    producer = Producer({**base, "enable.idempotence": True})
+    producer = make_producer(bootstrap)
     producer.produce(topic, b"")
     if producer.flush(60):
         raise InfrastructureError("Apache Kafka did not accept a write within 60s")
-    consumer = Consumer({**base, "group.id": "aetheris-warm-up"})
+    consumer = make_consumer(bootstrap, "aetheris-warm-up")
     try:
         wait_until(lambda: _offsets_answer(consumer, TopicPartition(topic, 0)), 60,
                    "Apache Kafka's group coordinator", None)
