@@ -46,6 +46,7 @@ def long(steps: int) -> int:
 
 
 def nearest_rank(values: list[float], percentile: float) -> float:
+    # aetheris.bench.scenarios.nearest_rank, restated: this venv holds DBOS, not Aetheris.
     return values[max(1, math.ceil(percentile / 100 * len(values))) - 1]
 
 

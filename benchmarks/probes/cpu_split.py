@@ -12,36 +12,37 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
+
+import psutil
 
 from aetheris.bench.harness import BenchEnv
 from aetheris.client import AsyncClient
 from aetheris.config import load_settings
 
-TICKS = os.sysconf("SC_CLK_TCK")
+
+def processes(pattern: str) -> list[psutil.Process]:
+    """Running processes whose command line contains ``pattern``."""
+    return [proc for proc in psutil.process_iter(["cmdline"])
+            if pattern in " ".join(proc.info["cmdline"] or ())]
 
 
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:  # a backend that ended meanwhile
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def cpu_seconds(group: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in group:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:  # a backend that ended meanwhile
+            continue
+        total += times.user + times.system
+    return total
 
 
 def busy_seconds() -> float:
     """All processes' CPU time (everything but idle and iowait)."""
-    with open("/proc/stat") as stat:
-        ticks = [int(x) for x in stat.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
-
-
-def pids(pattern: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
-    return [int(pid) for pid in found.stdout.split()]
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 async def jobs(client: AsyncClient, count: int) -> None:
@@ -58,16 +59,16 @@ async def steps(client: AsyncClient, count: int) -> None:
 async def measure(env: BenchEnv, mode: str, count: int) -> None:
     client = AsyncClient(env.settings)
     await jobs(client, 24)  # every partition the jobs use, and the worker's connections, warm
-    groups = {"worker": [env.workers[0].proc.pid], "broker": pids("kafka.Kafka"),
-              "postgres": pids("postgres"), "client": [os.getpid()]}
-    before = {name: sum(map(cpu_seconds, group)) for name, group in groups.items()}
+    groups = {"worker": [psutil.Process(env.workers[0].proc.pid)], "broker": processes("kafka.Kafka"),
+              "postgres": processes("postgres"), "client": [psutil.Process()]}
+    before = {name: cpu_seconds(group) for name, group in groups.items()}
     busy, began = busy_seconds(), time.perf_counter()
     await (jobs if mode == "jobs" else steps)(client, count)
     wall = time.perf_counter() - began
     unit = "job" if mode == "jobs" else "step"
     print(f"{count} {mode}: wall {wall / count * 1000:.3f} ms per {unit}")
     for name, group in groups.items():
-        used = sum(map(cpu_seconds, group)) - before[name]
+        used = cpu_seconds(group) - before[name]
         print(f"  {name:9s} {used / count * 1000:6.3f} ms CPU per {unit}")
     print(f"  {'all':9s} {(busy_seconds() - busy) / count * 1000:6.3f} ms CPU per {unit} "
           f"(every process, {os.cpu_count()} cores)")
