@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from aetheris import Client, JobFailedError
@@ -260,8 +262,9 @@ def test_a_waiting_result_finds_the_outcome_when_no_notice_comes(
     from aetheris import client as client_module
     from aetheris.client import AsyncClient
 
-    async def deaf(_self: object, conn: object) -> None:
-        await asyncio.Event().wait()  # a listening connection that broke without a word
+    async def deaf(_self: object, conn: Any) -> None:
+        async with conn:  # closed when the client stops it, as the real dispatcher is
+            await asyncio.Event().wait()  # a listening connection that broke without a word
 
     monkeypatch.setattr(AsyncClient, "_dispatch", deaf)
     monkeypatch.setattr(client_module, "RECHECK_INTERVAL_S", 0.2)
