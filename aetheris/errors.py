@@ -15,6 +15,17 @@ class InfrastructureError(AetherisError):
     """A broker, database or other service could not be started or reached."""
 
 
+class ServerExitedError(InfrastructureError):
+    """A server process this command started exited before it was ready.
+
+    ``returncode`` is the process's: negative when a signal killed it (``-9`` for SIGKILL).
+    """
+
+    def __init__(self, message: str, returncode: int) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
 class TopicDriftError(AetherisError):
     """An existing topic differs from the specification (partition count, cleanup policy)."""
 

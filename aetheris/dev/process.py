@@ -22,6 +22,16 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def describe_exit(returncode: int) -> str:
+    """'exit code 1' or 'killed by SIGKILL': how a process ended, for an error message."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, log: Path | None) -> None:
     """Poll ``check`` until it holds; raise with the tail of ``log`` when it never does."""
     deadline = time.monotonic() + timeout_s
@@ -43,6 +53,7 @@ class PidFileProcess:
         self.log_file = log_file
         # A substring of the command line: a recycled pid must not be mistaken for our server.
         self.marker = marker
+        self._child: subprocess.Popen[bytes] | None = None
 
     def pid(self) -> int | None:
         """The pid of the running server, or None."""
@@ -65,7 +76,18 @@ class PidFileProcess:
                 start_new_session=True, env=env,
             )
         self.pid_file.write_text(str(proc.pid))
+        self._child = proc
         return proc.pid
+
+    def returncode(self) -> int | None:
+        """The exit status of the process this object spawned, or None while it runs.
+
+        Asked of the child itself, not of the pid file: a missing pid file is not taken for an
+        exit, and a real exit comes with its status (a signal shows as a negative code).
+        """
+        if self._child is None:
+            return None
+        return self._child.poll()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``."""

@@ -1,16 +1,23 @@
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 from confluent_kafka.admin import NewTopic
 
 from aetheris import Client
 from aetheris.config import Settings
 from aetheris.dev.brokers import KafkaBroker, make_broker
+from aetheris.errors import ServerExitedError
 from aetheris.kafka.clients import make_admin, make_consumer, make_producer
 from aetheris.kafka.topics import ensure_topics, topic_specs
 from aetheris.outbox import job_history, verify_chain
@@ -105,3 +112,49 @@ def test_auto_falls_back_to_tansu_without_java(tmp_path: Path, monkeypatch: pyte
     broker = make_broker("auto", tmp_path, 1)
     assert broker.profile.kind == "tansu"
     assert "memory-only" in broker.profile.limits
+
+
+def _kill_first_spawn(broker: KafkaBroker) -> threading.Thread:
+    """SIGKILL the broker as soon as its first process has written its pid file."""
+    def kill() -> None:
+        for _ in range(600):
+            if broker.process.pid_file.exists():
+                os.kill(int(broker.process.pid_file.read_text()), signal.SIGKILL)
+                return
+            time.sleep(0.01)
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_kafka_killed_by_a_signal_while_starting_is_started_once_more(tmp_path: Path) -> None:
+    broker = KafkaBroker(tmp_path, free_port(2), jar_home=jar_home())
+    killer = _kill_first_spawn(broker)
+    with structlog.testing.capture_logs() as logs:
+        broker.start()
+    try:
+        killer.join(5)
+        assert [entry["event"] for entry in logs] == ["kafka_restarted_after_signal"]
+        assert "killed by SIGKILL" in logs[0]["reason"]
+        topic = "after-a-kill"
+        admin = make_admin(broker.bootstrap)
+        admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+        assert round_trip(broker.bootstrap, topic, b"up") == b"up"
+    finally:
+        broker.stop()
+
+
+def test_kafka_that_exits_on_its_own_is_reported_at_once(tmp_path: Path) -> None:
+    port = free_port(2)
+    with socket.socket() as taken:  # the controller's port: Kafka fails to bind and exits
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        broker = KafkaBroker(tmp_path, port, jar_home=jar_home())
+        with pytest.raises(ServerExitedError) as raised:
+            broker.start()
+    assert raised.value.returncode > 0
+    message = str(raised.value)
+    assert "exited while starting (exit code" in message
+    assert f"failed to bind to 127.0.0.1:{port + 1}: Address already in use" in message
+    # Reported from the one start, not retried: a second start would log a second config dump.
+    assert (broker.dir / "server.log").read_text().count("KafkaConfig values:") == 1
