@@ -151,7 +151,8 @@ class GroupCommitter:
             params = (jsonb(_group_document(group)), all(tx.lazy for tx, _, _ in group))
         for attempt in range(20):
             try:
-                cursor = await (await link.get()).execute(statement, params)
+                cursor = await link.cursor()
+                await cursor.execute(statement, params)
                 row = await cursor.fetchone()
             except psycopg.OperationalError as exc:
                 # Resent only when the server said it did not run it; otherwise unknown.
@@ -170,24 +171,28 @@ class GroupCommitter:
 
 
 class _Link:
-    """A committer task's own connection, taken from the pool once and kept."""
+    """A committer task's own connection, taken from the pool once and kept, and one cursor on
+    it: a commit is one statement at a time, and a cursor per statement (what
+    ``connection.execute`` makes) is Python work on the path of every commit."""
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._cursor: psycopg.AsyncCursor[Any] | None = None
 
-    async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
+    async def cursor(self) -> psycopg.AsyncCursor[Any]:
+        if self._conn is None or self._conn.closed or self._cursor is None:
             await self.release()
             self._conn = cast(psycopg.AsyncConnection[Any], await self.pool.getconn())
-        return self._conn
+            self._cursor = self._conn.cursor()
+        return self._cursor
 
     async def replace(self) -> None:
         """Give the connection back (the pool checks it, and replaces it if it is broken)."""
         await self.release()
 
     async def release(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             await self.pool.putconn(conn)
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -41,8 +42,13 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _check_json(text: str) -> str:
-    json.loads(text)
-    if "\x00" in text or _NUL_ESCAPE.search(text):
+    try:
+        # Every event of every step passes here. orjson accepts a subset of what the json
+        # module does (strict RFC 8259), several times faster; the rest decides the slow way.
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        json.loads(text)
+    if "\x00" in text or ("\\u0000" in text and _NUL_ESCAPE.search(text)):
         # PostgreSQL's jsonb cannot hold a NUL character: refused here, with a reason, rather
         # than failing the command's database write every time it is retried.
         raise ValueError("JSON text must not contain the NUL character (\\u0000)")

@@ -15,12 +15,12 @@ from aetheris.ledger import FencedTransaction
 pytestmark = pytest.mark.unit
 
 
-class RecordingConnection:
+class RecordingCursor:
     def __init__(self, rows: int) -> None:
         self.rows = rows
         self.sent: list[tuple[str, tuple[Any, ...]]] = []
 
-    async def execute(self, statement: str, params: tuple[Any, ...]) -> RecordingConnection:
+    async def execute(self, statement: str, params: tuple[Any, ...]) -> RecordingCursor:
         self.sent.append((statement, params))
         return self
 
@@ -30,9 +30,9 @@ class RecordingConnection:
 
 class RecordingLink:
     def __init__(self, rows: int) -> None:
-        self.conn = RecordingConnection(rows)
+        self.conn = RecordingCursor(rows)
 
-    async def get(self) -> RecordingConnection:
+    async def cursor(self) -> RecordingCursor:
         return self.conn
 
 
@@ -113,22 +113,23 @@ def test_the_group_document_names_partition_epoch_and_batch() -> None:
 
 
 class HeldConnection:
-    """A committer's connection whose statements answer once the test lets them."""
+    """A committer's connection (and its one cursor) whose statements answer once the test
+    lets them."""
 
     closed = False
 
     def __init__(self, in_flight: list[int], release: asyncio.Event) -> None:
         self.in_flight, self.release = in_flight, release
+        self.rows = 0
 
-    async def execute(self, statement: str, params: tuple[Any, ...]) -> HeldCursor:
+    def cursor(self) -> HeldConnection:
+        return self
+
+    async def execute(self, statement: str, params: tuple[Any, ...]) -> HeldConnection:
         self.in_flight.append(id(self))
         await self.release.wait()
-        return HeldCursor(len(params[0].obj) if "group" in statement else 1)
-
-
-class HeldCursor:
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
+        self.rows = len(params[0].obj) if "group" in statement else 1
+        return self
 
     async def fetchone(self) -> tuple[Any]:
         return ([None] * self.rows,)
