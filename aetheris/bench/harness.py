@@ -211,6 +211,24 @@ def machine(disk: Path) -> dict[str, Any]:
             "python_ms": python_ms(), "fdatasync_us": fdatasync_us(disk)}
 
 
+class StealMeter:
+    """The share of the machine's CPU time its hypervisor gave to other guests (steal) since the
+    last reading, in percent. On a shared 2-vCPU VM it went from 4 % to 16 % within one long
+    job: a figure measured under much steal is not the code's alone."""
+
+    def __init__(self) -> None:
+        self._last = psutil.cpu_times()
+
+    def read(self) -> float | None:
+        """Percent since the previous reading (or creation); None where no steal is counted."""
+        now = psutil.cpu_times()
+        last, self._last = self._last, now
+        total = sum(now) - sum(last)
+        if not hasattr(now, "steal") or total <= 0:
+            return None
+        return round(100 * (now.steal - last.steal) / total, 1)
+
+
 def python_ms() -> float:
     """Milliseconds of a fixed pure-Python workload (best of five). Two 2-core machines of
     the kind this project is measured on ran the same code two to three times apart (a Xeon

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from aetheris.bench.harness import BenchEnv, machine, versions
+from aetheris.bench.harness import BenchEnv, StealMeter, machine, versions
 from aetheris.bench.scenarios import SCENARIOS, Sizes
 from aetheris.cli._common import current_settings, err_console
 from aetheris.errors import ConfigError
@@ -53,13 +53,17 @@ def bench(
 
         env = BenchEnv.create(current_settings(), lambda what: report(what, 0, 0))
         report("measuring the machine's speed", 0, 0)
-        context = {"system": "aetheris", "run": env.run_id, "versions": versions(env),
-                   "machine": machine(env.workdir)}
+        context = {"system": "aetheris", "run": env.run_id, "versions": versions(env)}
+        speed = machine(env.workdir)
         try:
             for name in chosen:
                 progress.update(task, description=name, completed=0, total=None)
-                for figures in SCENARIOS[name](env, sizes, report):
-                    _emit({"system": "aetheris", **figures, **context}, out)
+                steal = StealMeter()
+                results = SCENARIOS[name](env, sizes, report)
+                # Over the whole scenario, all of its variants.
+                conditions = {**speed, "steal_pct": steal.read()}
+                for figures in results:
+                    _emit({"system": "aetheris", **figures, **context, "machine": conditions}, out)
         finally:
             progress.update(task, description="cleaning up", completed=0, total=None)
             _clean_up(env, keep)

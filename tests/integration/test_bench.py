@@ -35,6 +35,7 @@ def test_every_scenario_reports_its_figures_with_machine_and_versions(stack: Sta
         assert line["system"] == "aetheris"
         assert {"versions", "machine", "notes"} <= set(line)
         assert line["machine"]["python_ms"] > 0 and line["machine"]["fdatasync_us"] > 0
+        assert 0 <= line["machine"]["steal_pct"] <= 100  # Linux counts steal, even when 0
         by_scenario.setdefault(str(line["scenario"]), []).append(line)
     assert sorted(by_scenario) == ["concurrency", "latency", "long_job", "scale", "snapshot",
                                    "throughput"]
