@@ -1,8 +1,10 @@
-"""The latency scenario's warm-up: it warms the partitions the measured jobs use."""
+"""Bench scenarios with the processes faked: the latency warm-up, the long job's recovery figures."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -45,3 +47,64 @@ def test_the_warm_up_jobs_go_to_the_tenants_the_measured_jobs_start_with(
     assert warm_up == measured[:4]
     assert len(samples) == 6
     assert samples == sorted(samples)
+
+
+class PacedJob:
+    """Stands in for a worker running the long job: one line per step in the count file, the
+    steps after ``kill_at`` slower than those before. In the second run the first worker dies
+    at ``kill_at`` and the rest waits for the worker that replaces it."""
+
+    def __init__(self, count_file: Path, steps: int, kill_at: int) -> None:
+        self.count_file, self.steps, self.kill_at = count_file, steps, kill_at
+        self.runs = 0
+        self.killed = False
+        self.replaced = asyncio.Event()
+
+    async def run(self) -> None:
+        self.runs += 1
+        for step in range(self.steps):
+            if self.runs == 2 and step == self.kill_at:
+                self.killed = True
+                await self.replaced.wait()
+            await asyncio.sleep(0.001 if step < self.kill_at else 0.08)
+            with self.count_file.open("a") as out:
+                out.write(f"{step}\n")
+
+
+class PacedEnv:
+    def __init__(self, workdir: Path, job: PacedJob) -> None:
+        self.workdir, self.settings, self.job = workdir, None, job
+
+    def start_worker(self, instance_id: str, owns: int | None = None, **_env: str) -> Any:
+        job = self.job
+        if owns == 0:  # the fresh worker after the kill
+            job.replaced.set()
+        return SimpleNamespace(proc=SimpleNamespace(
+            poll=lambda: -signal.SIGKILL if job.killed and instance_id.endswith("kill") else None))
+
+    def stop_workers(self) -> None:
+        pass
+
+
+def test_remaining_work_is_timed_from_the_kill_step_not_taken_as_a_share_of_the_total(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = PacedJob(tmp_path / "executions.log", steps=20, kill_at=10)
+
+    class Client:
+        def __init__(self, _settings: Any) -> None:
+            pass
+
+        async def submit(self, _agent: str, _input: dict[str, Any], _tenant: str) -> str:
+            return "job"
+
+        async def result(self, _job_id: str, timeout: float = 60.0) -> None:
+            await job.run()
+
+    monkeypatch.setattr(scenarios, "AsyncClient", Client)
+    [figures] = scenarios.long_job(PacedEnv(tmp_path, job), Sizes(long_steps=20, kill_at=10),
+                                   lambda *_: None)
+
+    assert figures["reexecuted_steps"] == 0 and figures["executions"] == 20
+    # The ten slow steps take 0.8 s of the 0.81 s: a share of the total would say ~0.4 s.
+    assert 0.6 <= figures["remaining_work_s"] <= figures["total_s"]
+    assert figures["recovery_s"] >= figures["remaining_work_s"] - 0.2
