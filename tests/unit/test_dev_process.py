@@ -29,13 +29,13 @@ def test_an_exit_of_its_own_and_a_kill_are_told_apart(tmp_path: Path) -> None:
 
 def test_a_running_child_is_not_taken_for_an_exit_when_its_pid_file_goes(tmp_path: Path) -> None:
     process = PidFileProcess(tmp_path / "c.pid", tmp_path / "c.log", "sleep")
-    process.spawn(["sleep", "30"])
+    pid = process.spawn(["sleep", "30"])
     try:
         process.pid_file.unlink()
         assert process.pid() is None
         assert process.returncode() is None
     finally:
-        process.pid_file.write_text(str(process._child.pid if process._child else 0))
+        process.pid_file.write_text(str(pid))  # so that stop() finds it
         process.stop(5)
 
 
