@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from aetheris.dev.jars import classpath
-from aetheris.dev.process import PidFileProcess, describe_exit, port_open, wait_until
+from aetheris.dev.process import LogsSince, PidFileProcess, describe_exit, port_open, wait_until
 from aetheris.errors import InfrastructureError, ServerExitedError
 
 log = structlog.get_logger("aetheris.dev")
@@ -200,15 +200,16 @@ class KafkaBroker:
         warm_up(self.bootstrap)
 
     def _spawn_and_wait(self, config: Path) -> None:
+        logs = LogsSince(self.process.log_file, self.dir / "server.log")
         self.process.spawn(self._java("kafka.Kafka", str(config), heap="768m"))
-        wait_until(self._ready, 90, "Apache Kafka", self.dir / "server.log")
+        wait_until(lambda: self._ready(logs), 90, "Apache Kafka", self.dir / "server.log")
 
-    def _ready(self) -> bool:
+    def _ready(self, logs: LogsSince) -> bool:
         returncode = self.process.returncode()
         if returncode is not None:
             raise ServerExitedError(
                 f"Apache Kafka exited while starting ({describe_exit(returncode)}); "
-                f"{_log_excerpt(self.process.log_file, self.dir / 'server.log')}", returncode)
+                f"{logs.excerpt()}", returncode)
         return port_open("127.0.0.1", self.port)
 
     def stop(self) -> None:
@@ -216,16 +217,6 @@ class KafkaBroker:
 
     def running(self) -> bool:
         return self.process.pid() is not None
-
-
-def _log_excerpt(*logs: Path) -> str:
-    """The first ERROR in the logs with the exception under it (the cause), else their tails."""
-    lines = [line for path in logs if path.exists()
-             for line in path.read_text(errors="replace").splitlines()]
-    for i, line in enumerate(lines):
-        if " ERROR " in line or " FATAL " in line:
-            return "first error:\n" + "\n".join(lines[i:i + 2]) + f"\n(full log: {logs[-1]})"
-    return "last log lines:\n" + "\n".join(lines[-8:])
 
 
 def warm_up(bootstrap: str) -> None:

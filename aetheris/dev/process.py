@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,36 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, log: Path
     if log is not None and log.exists():
         tail = "; last log lines:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
     raise InfrastructureError(f"{what} did not become ready within {timeout_s:.0f}s{tail}")
+
+
+_ERROR_LINE = re.compile(r"\b(ERROR|FATAL)\b")
+
+
+class LogsSince:
+    """What server logs gained from now on: they are appended to across runs, so an error
+    found in them must be one of this start's, not an old one."""
+
+    def __init__(self, *logs: Path) -> None:
+        self._offsets = {path: path.stat().st_size if path.exists() else 0 for path in logs}
+
+    def lines(self) -> list[str]:
+        lines = []
+        for path, offset in self._offsets.items():
+            if path.exists():
+                with path.open("rb") as handle:
+                    handle.seek(offset if offset <= path.stat().st_size else 0)
+                    lines += handle.read().decode(errors="replace").splitlines()
+        return lines
+
+    def excerpt(self, tail: int = 15) -> str:
+        """The first ERROR or FATAL line with the line under it (the exception, for Kafka),
+        else the last ``tail`` lines."""
+        lines = self.lines()
+        for i, line in enumerate(lines):
+            if _ERROR_LINE.search(line):
+                last = list(self._offsets)[-1]
+                return "first error:\n" + "\n".join(lines[i:i + 2]) + f"\n(full log: {last})"
+        return "last log lines:\n" + "\n".join(lines[-tail:])
 
 
 class PidFileProcess:
