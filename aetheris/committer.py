@@ -8,14 +8,17 @@ own fence and its own outcome (see migration 0004).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import psycopg
+from psycopg.pq.abc import PGresult
 from psycopg_pool import AsyncConnectionPool
 
+from aetheris.db.prepared import PreparedLink
 from aetheris.errors import AetherisError, FencedError
 from aetheris.leases import FENCED_SQLSTATE
-from aetheris.ledger import FencedTransaction, jsonb, not_committed
+from aetheris.ledger import FencedTransaction, json_bytes, not_committed
 from aetheris.outbox import EventRow
 
 MAX_GROUP = 64
@@ -47,8 +50,10 @@ class GroupCommitter:
     worker runs: a commit costs no task creation and no trip through the pool.
     """
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any],
+                 link: Callable[[AsyncConnectionPool[Any]], CommitLink] | None = None) -> None:
         self.pool = pool
+        self._link = link or commit_link
         self._queue: list[Pending] = []
         self._idle: list[asyncio.Future[None]] = []
         """A stack of one future per committer task waiting for work. A commit wakes one task,
@@ -90,7 +95,7 @@ class GroupCommitter:
         self._committers = []
 
     async def _serve(self) -> None:
-        link = _Link(self.pool)
+        link = self._link(self.pool)
         try:
             while True:
                 group = self._take_group()
@@ -141,19 +146,20 @@ class GroupCommitter:
         self._queue = waiting
         return group
 
-    async def _send(self, link: _Link, group: list[Pending]) -> list[str | None]:
+    async def _send(self, link: CommitLink, group: list[Pending]) -> list[str | None]:
+        params: tuple[bytes, ...]
         if len(group) == 1:
             # A lone transaction needs no subtransaction to keep its failure to itself.
-            statement, params = group[0][0].statement()
+            tx = group[0][0]
+            name, params = tx.function, tx.wire_params()
         else:
             # Lazy only if every member may be: a durable member's flush covers the rest.
-            statement = "SELECT aetheris_commit_group(%s, %s)"
-            params = (jsonb(_group_document(group)), all(tx.lazy for tx, _, _ in group))
+            lazy = all(tx.lazy for tx, _, _ in group)
+            name, params = "aetheris_commit_group", (json_bytes(_group_document(group)),
+                                                     b"t" if lazy else b"f")
         for attempt in range(20):
             try:
-                cursor = await link.cursor()
-                await cursor.execute(statement, params)
-                row = await cursor.fetchone()
+                result = await link.execute(name, params)
             except psycopg.OperationalError as exc:
                 # Resent only when the server said it did not run it; otherwise unknown.
                 if not not_committed(exc) or attempt == 19:
@@ -165,36 +171,29 @@ class GroupCommitter:
                 if len(group) > 1 or not exc.sqlstate:
                     raise
                 return [f"{exc.sqlstate}:{exc.diag.message_primary or exc}"]
-            assert row is not None
-            return [None] if len(group) == 1 else list(row[0])
+            return [None] if len(group) == 1 else list(link.load(result))
         raise AssertionError("unreachable")
 
 
-class _Link:
-    """A committer task's own connection, taken from the pool once and kept, and one cursor on
-    it: a commit is one statement at a time, and a cursor per statement (what
-    ``connection.execute`` makes) is Python work on the path of every commit."""
+class CommitLink(Protocol):
+    """What a committer task sends its groups through (:class:`PreparedLink` in production)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self.pool = pool
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._cursor: psycopg.AsyncCursor[Any] | None = None
+    async def execute(self, name: str, params: Sequence[bytes | None]) -> PGresult: ...
 
-    async def cursor(self) -> psycopg.AsyncCursor[Any]:
-        if self._conn is None or self._conn.closed or self._cursor is None:
-            await self.release()
-            self._conn = cast(psycopg.AsyncConnection[Any], await self.pool.getconn())
-            self._cursor = self._conn.cursor()
-        return self._cursor
+    def load(self, result: PGresult) -> Any: ...
 
-    async def replace(self) -> None:
-        """Give the connection back (the pool checks it, and replaces it if it is broken)."""
-        await self.release()
+    async def replace(self) -> None: ...
 
-    async def release(self) -> None:
-        conn, self._conn, self._cursor = self._conn, None, None
-        if conn is not None:
-            await self.pool.putconn(conn)
+    async def release(self) -> None: ...
+
+
+def commit_link(pool: AsyncConnectionPool[Any]) -> PreparedLink:
+    """A committer task's own connection, taken from the pool once and kept for its commits."""
+    return PreparedLink(pool, {
+        "aetheris_commit": "SELECT aetheris_commit($1, $2, $3)",
+        "aetheris_commit_lazy": "SELECT aetheris_commit_lazy($1, $2, $3)",
+        "aetheris_commit_group": "SELECT aetheris_commit_group($1, $2)",
+    })
 
 
 def _group_document(group: list[Pending]) -> list[dict[str, Any]]:

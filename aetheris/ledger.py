@@ -32,18 +32,19 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _transport_json(value: Any) -> bytes | str:
+def json_bytes(value: Any) -> bytes:
+    """``value`` as JSON text for the server (not canonical: only hashes need those bytes)."""
     # orjson is several times faster than the json module; values it does not take (integers
-    # beyond 64 bits, say) go the slow way. Only hashes need canonical_json's exact bytes.
+    # beyond 64 bits, say) go the slow way.
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False).encode()
 
 
 def jsonb(value: Any) -> Jsonb:
     """``value`` as a jsonb query parameter (the documents of fenced commits are big and hot)."""
-    return Jsonb(value, dumps=_transport_json)
+    return Jsonb(value, dumps=json_bytes)
 
 
 def args_hash(value: Any) -> bytes:
@@ -250,10 +251,18 @@ class FencedTransaction:
         # An absent section costs aetheris_commit nothing; an empty one costs a statement.
         return {name: rows for name, rows in sections.items() if rows}
 
+    @property
+    def function(self) -> str:
+        """The SQL function that commits this transaction on its own."""
+        return "aetheris_commit_lazy" if self.lazy else "aetheris_commit"
+
     def statement(self) -> tuple[str, tuple[Any, ...]]:
         """The statement that commits this transaction on its own, and its parameters."""
-        function = "aetheris_commit_lazy" if self.lazy else "aetheris_commit"
-        return f"SELECT {function}(%s, %s, %s)", (self.partition, self.epoch, jsonb(self.document()))
+        return f"SELECT {self.function}(%s, %s, %s)", (self.partition, self.epoch, jsonb(self.document()))
+
+    def wire_params(self) -> tuple[bytes, bytes, bytes]:
+        """The parameters of :attr:`function` in PostgreSQL's text format."""
+        return b"%d" % self.partition, b"%d" % self.epoch, json_bytes(self.document())
 
     async def commit(self, pool: AsyncConnectionPool[Any]) -> list[EventRow]:
         """One statement in its own transaction. Raises FencedError when the epoch is stale."""

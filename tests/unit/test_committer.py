@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -15,48 +16,44 @@ from aetheris.ledger import FencedTransaction
 pytestmark = pytest.mark.unit
 
 
-class RecordingCursor:
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-        self.sent: list[tuple[str, tuple[Any, ...]]] = []
-
-    async def execute(self, statement: str, params: tuple[Any, ...]) -> RecordingCursor:
-        self.sent.append((statement, params))
-        return self
-
-    async def fetchone(self) -> tuple[Any]:
-        return ([None] * self.rows,)
-
-
 class RecordingLink:
-    def __init__(self, rows: int) -> None:
-        self.conn = RecordingCursor(rows)
+    """A link that records what it is sent and answers every member of a group as committed."""
 
-    async def cursor(self) -> RecordingCursor:
-        return self.conn
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Sequence[bytes | None]]] = []
+
+    async def execute(self, name: str, params: Sequence[bytes | None]) -> int:
+        self.sent.append((name, params))
+        return len(json.loads(params[0] or b"")) if "group" in name else 1
+
+    def load(self, result: int) -> list[None]:
+        return [None] * result
 
 
 @pytest.mark.parametrize(("lazy", "statement", "lazy_group"), [
-    ([False], "SELECT aetheris_commit(%s, %s, %s)", None),
-    ([True], "SELECT aetheris_commit_lazy(%s, %s, %s)", None),
-    ([True, True], "SELECT aetheris_commit_group(%s, %s)", True),
-    ([True, False], "SELECT aetheris_commit_group(%s, %s)", False),  # the durable member decides
+    ([False], "aetheris_commit", None),
+    ([True], "aetheris_commit_lazy", None),
+    ([True, True], "aetheris_commit_group", b"t"),
+    ([True, False], "aetheris_commit_group", b"f"),  # the durable member decides
 ])
 def test_a_commit_is_lazy_only_if_every_member_may_be(
-    lazy: list[bool], statement: str, lazy_group: bool | None,
+    lazy: list[bool], statement: str, lazy_group: bytes | None,
 ) -> None:
-    async def run() -> list[tuple[str, tuple[Any, ...]]]:
+    async def run() -> tuple[list[tuple[str, Sequence[bytes | None]]], list[str | None]]:
         loop = asyncio.get_running_loop()
         group: list[Pending] = [(FencedTransaction(0, 1, lazy=each), loop.create_future(), None)
                                 for each in lazy]
-        link = RecordingLink(len(group))
-        await GroupCommitter(None)._send(link, group)  # type: ignore[arg-type]
-        return link.conn.sent
+        link = RecordingLink()
+        outcomes = await GroupCommitter(None)._send(link, group)  # type: ignore[arg-type]
+        return link.sent, outcomes
 
-    [(sent, params)] = asyncio.run(run())
+    [(sent, params)], outcomes = asyncio.run(run())
     assert sent == statement
-    if lazy_group is not None:
-        assert params[1] is lazy_group
+    assert outcomes == [None] * len(lazy)
+    if lazy_group is None:
+        assert params[:2] == (b"0", b"1")  # partition and epoch in text format
+    else:
+        assert params[1] == lazy_group
 
 
 def test_a_dependent_write_goes_behind_its_dependency_or_waits_for_it() -> None:
@@ -112,47 +109,35 @@ def test_the_group_document_names_partition_epoch_and_batch() -> None:
         {"partition": 3, "epoch": 7, "batch": {"notify": ["job-1"]}}]
 
 
-class HeldConnection:
-    """A committer's connection (and its one cursor) whose statements answer once the test
-    lets them."""
+class HeldLink:
+    """A committer task's link whose statements answer once the test lets them."""
 
-    closed = False
+    def __init__(self, in_flight: list[int], answer: asyncio.Event) -> None:
+        self.in_flight, self.answer = in_flight, answer
 
-    def __init__(self, in_flight: list[int], release: asyncio.Event) -> None:
-        self.in_flight, self.release = in_flight, release
-        self.rows = 0
-
-    def cursor(self) -> HeldConnection:
-        return self
-
-    async def execute(self, statement: str, params: tuple[Any, ...]) -> HeldConnection:
+    async def execute(self, name: str, params: Sequence[bytes | None]) -> int:
         self.in_flight.append(id(self))
-        await self.release.wait()
-        self.rows = len(params[0].obj) if "group" in statement else 1
-        return self
+        await self.answer.wait()
+        return len(json.loads(params[0] or b"")) if "group" in name else 1
 
-    async def fetchone(self) -> tuple[Any]:
-        return ([None] * self.rows,)
+    def load(self, result: int) -> list[None]:
+        return [None] * result
 
+    async def replace(self) -> None:
+        pass
 
-class HeldPool:
-    def __init__(self, in_flight: list[int], release: asyncio.Event) -> None:
-        self.in_flight, self.release = in_flight, release
-
-    async def getconn(self) -> HeldConnection:
-        return HeldConnection(self.in_flight, self.release)
-
-    async def putconn(self, _conn: HeldConnection) -> None:
+    async def release(self) -> None:
         pass
 
 
 def held_committer() -> tuple[GroupCommitter, list[int], asyncio.Event]:
-    """A committer over :class:`HeldPool`: the list gets the connection of each statement sent,
-    and statements answer while the event is set."""
+    """A committer over :class:`HeldLink`: the list gets the link of each statement sent, and
+    statements answer while the event is set."""
     in_flight: list[int] = []
     release = asyncio.Event()
     release.set()
-    return GroupCommitter(HeldPool(in_flight, release)), in_flight, release  # type: ignore[arg-type]
+    committer = GroupCommitter(None, link=lambda _pool: HeldLink(in_flight, release))  # type: ignore[arg-type, return-value]
+    return committer, in_flight, release
 
 
 def test_a_commit_wakes_one_idle_committer_and_a_second_group_another() -> None:
