@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from aetheris.db.prepared import PreparedLink
 from aetheris.errors import AetherisError, FencedError
 from aetheris.leases import FENCED_SQLSTATE
-from aetheris.ledger import FencedTransaction, json_bytes, not_committed
+from aetheris.ledger import COMMIT_FUNCTIONS, FencedTransaction, json_bytes, not_committed
 from aetheris.outbox import EventRow
 
 MAX_GROUP = 64
@@ -189,11 +189,8 @@ class CommitLink(Protocol):
 
 def commit_link(pool: AsyncConnectionPool[Any]) -> PreparedLink:
     """A committer task's own connection, taken from the pool once and kept for its commits."""
-    return PreparedLink(pool, {
-        "aetheris_commit": "SELECT aetheris_commit($1, $2, $3)",
-        "aetheris_commit_lazy": "SELECT aetheris_commit_lazy($1, $2, $3)",
-        "aetheris_commit_group": "SELECT aetheris_commit_group($1, $2)",
-    })
+    statements = {function: f"SELECT {function}($1, $2, $3)" for function in COMMIT_FUNCTIONS}
+    return PreparedLink(pool, {**statements, "aetheris_commit_group": "SELECT aetheris_commit_group($1, $2)"})
 
 
 def _group_document(group: list[Pending]) -> list[dict[str, Any]]:

@@ -160,6 +160,11 @@ def _time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+COMMIT_FUNCTIONS = ("aetheris_commit", "aetheris_commit_lazy")
+"""The functions that commit one transaction, durable and lazy; each takes (partition, epoch,
+batch)."""
+
+
 @dataclass
 class FencedTransaction:
     """Rows and events committed atomically, only while ``epoch`` owns ``partition``.
@@ -253,8 +258,8 @@ class FencedTransaction:
 
     @property
     def function(self) -> str:
-        """The SQL function that commits this transaction on its own."""
-        return "aetheris_commit_lazy" if self.lazy else "aetheris_commit"
+        """The SQL function (one of :data:`COMMIT_FUNCTIONS`) that commits it on its own."""
+        return COMMIT_FUNCTIONS[self.lazy]
 
     def statement(self) -> tuple[str, tuple[Any, ...]]:
         """The statement that commits this transaction on its own, and its parameters."""

@@ -11,7 +11,11 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from aetheris import leases
+from aetheris.committer import GroupCommitter
 from aetheris.db.prepared import PreparedLink
+from aetheris.ledger import FencedTransaction
+from aetheris.outbox import JobCursor
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +90,30 @@ def test_a_terminated_backend_says_so_and_a_replaced_link_reconnects(database_ur
     sqlstate, reconnected = with_link(database_url, body)
     assert sqlstate == "57P01"  # admin_shutdown: the server says the statement did not run
     assert reconnected
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "in-a-group"])
+def test_the_committer_fences_a_stale_epoch_and_commits_the_rest(database_url: str, grouped: bool) -> None:
+    async def run() -> tuple[list[str], set[str]]:
+        async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False,
+                                       kwargs={"autocommit": True}) as pool:
+            async with pool.connection() as conn:
+                epoch = await leases.claim(conn, 0, "test-worker")
+            committer = GroupCommitter(pool)
+            stale, current = new_job("stale", epoch - 1), new_job("current", epoch)
+            pending = [committer.enqueue(stale)] + ([committer.enqueue(current)] if grouped else [])
+            outcomes = await asyncio.gather(*pending, return_exceptions=True)
+            await committer.close()
+            async with pool.connection() as conn:
+                jobs = {row[0] for row in await (await conn.execute("SELECT job_id FROM jobs")).fetchall()}
+        return [type(outcome).__name__ for outcome in outcomes], jobs
+
+    outcomes, jobs = asyncio.run(run())
+    assert outcomes == (["FencedError", "NoneType"] if grouped else ["FencedError"])
+    assert jobs == ({"current"} if grouped else set())
+
+
+def new_job(job_id: str, epoch: int) -> FencedTransaction:
+    tx = FencedTransaction(0, epoch)
+    tx.insert_job(JobCursor(job_id, "tenant-a", 0), "some.agent", "RUNNING", {}, None, None)
+    return tx
