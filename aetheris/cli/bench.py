@@ -24,7 +24,10 @@ def bench(
                                       help="Events of the job whose replay context is timed."),
     concurrent: int = typer.Option(100, "--concurrent", min=1),
     warmup: int = typer.Option(10, "--warmup", min=0,
-                               help="Jobs run before the throughput, latency and scale figures."),
+                               help="Jobs run before the throughput and scale figures."),
+    latency_warmup: int = typer.Option(300, "--latency-warmup", min=0,
+                                       help="Sequential jobs before the latency figures, "
+                                            "reported as the cold start."),
     kill_at: int | None = typer.Option(None, "--kill-at", min=1,
                                        help="Step after which long_job's worker is killed "
                                             "(default: half of --long-steps)."),
@@ -41,9 +44,9 @@ def bench(
     if kill_at >= long_steps:
         raise ConfigError(f"--kill-at {kill_at} must be below --long-steps {long_steps}, so that "
                           "steps remain for the fresh worker")
-    sizes = Sizes(jobs=jobs, warmup=warmup, latency_jobs=latency_jobs, long_steps=long_steps,
-                  replay_events=replay_events, kill_at=kill_at, concurrent=concurrent, sleep_s=sleep,
-                  scale_workers=_worker_counts(workers))
+    sizes = Sizes(jobs=jobs, warmup=warmup, latency_jobs=latency_jobs, latency_warmup=latency_warmup,
+                  long_steps=long_steps, replay_events=replay_events, kill_at=kill_at,
+                  concurrent=concurrent, sleep_s=sleep, scale_workers=_worker_counts(workers))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         task = progress.add_task("preparing", total=None)

@@ -16,8 +16,8 @@ from tests.conftest import REPO, Postgres, Stack
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--jobs", "6", "--latency-jobs", "3", "--long-steps", "20", "--replay-events", "40",
-        "--concurrent", "4"]
+TINY = ["--jobs", "6", "--latency-jobs", "3", "--latency-warmup", "2", "--long-steps", "20",
+        "--replay-events", "40", "--concurrent", "4"]
 
 
 def bench(stack: Stack, *args: str) -> list[dict[str, object]]:
@@ -41,8 +41,8 @@ def test_every_scenario_reports_its_figures_with_machine_and_versions(stack: Sta
                                    "throughput"]
     assert [t["variant"] for t in by_scenario["throughput"]] == ["at-most-once", "idempotent"]
     assert all(float(str(t["jobs_per_s"])) > 0 for t in by_scenario["throughput"])
-    assert [(t["variant"], t["jobs"]) for t in by_scenario["latency"]] == [
-        ("at-most-once", 3), ("idempotent", 3)]
+    assert [(t["variant"], t["jobs"], t["cold"]["jobs"]) for t in by_scenario["latency"]] == [
+        ("at-most-once", 3, 2), ("idempotent", 3, 2)]
     assert all(float(str(t["worker_cpu_ms_per_job"])) > 0 for t in by_scenario["latency"])
     [long_job] = by_scenario["long_job"]
     # The worker is killed right after step 10 committed: every step ran exactly once.

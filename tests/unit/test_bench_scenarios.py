@@ -39,14 +39,35 @@ def test_the_warm_up_jobs_go_to_the_tenants_the_measured_jobs_start_with(
     monkeypatch.setattr(scenarios, "AsyncClient", RecordingClient)
     env: Any = SimpleNamespace(settings=None)
 
-    samples = asyncio.run(scenarios._sequential_jobs(
-        env, Sizes(warmup=4, latency_jobs=6), False, lambda *_: None))
+    cold, samples = asyncio.run(scenarios._sequential_jobs(
+        env, Sizes(latency_warmup=4, latency_jobs=6), False, lambda *_: None))
 
     warm_up, measured = RecordingClient.tenants[:4], RecordingClient.tenants[4:]
     assert measured == [f"tenant-{i}" for i in range(6)]
     assert warm_up == measured[:4]
-    assert len(samples) == 6
-    assert samples == sorted(samples)
+    assert (len(cold), len(samples)) == (4, 6)
+    assert cold == sorted(cold) and samples == sorted(samples)
+
+
+def test_the_latency_figures_are_the_measured_jobs_and_the_cold_start_is_reported_apart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first (warm-up) jobs are slow, the measured ones fast: each figure must see only its own.
+    durations = iter([0.040, 0.030, 0.001, 0.002, 0.003] * 2)
+
+    class TimedClient(RecordingClient):
+        async def result(self, _job_id: str, _timeout: float = 60.0) -> None:
+            await asyncio.sleep(next(durations))
+
+    monkeypatch.setattr(scenarios, "AsyncClient", TimedClient)
+    worker = SimpleNamespace(cpu_seconds=lambda: 1.0)
+    env: Any = SimpleNamespace(settings=None, start_worker=lambda _id: worker, stop_workers=lambda: None)
+
+    figures = scenarios.latency(env, Sizes(latency_warmup=2, latency_jobs=3), lambda *_: None)
+
+    assert [(f["variant"], f["jobs"], f["cold"]["jobs"]) for f in figures] == [
+        ("at-most-once", 3, 2), ("idempotent", 3, 2)]
+    for figure in figures:
+        assert figure["p99_ms"] < 10 <= figure["cold"]["p50_ms"]
 
 
 class PacedJob:
