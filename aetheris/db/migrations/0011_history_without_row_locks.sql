@@ -11,6 +11,7 @@
 ALTER TABLE job_events DROP CONSTRAINT job_events_job_id_fkey;
 ALTER TABLE ledger DROP CONSTRAINT ledger_job_id_fkey;
 
--- Maintained on every event insert, read by no query (history is read by job, the job index
--- and statistics come from the projections).
+-- Maintained on every event insert and every status change of a job, read by no query
+-- (history is read by job; listing jobs by tenant and status is the job_index projection's).
 DROP INDEX job_events_tenant;
+DROP INDEX jobs_tenant_status;
