@@ -1,7 +1,9 @@
 """CPU per job (or per step of a long job) by process: worker, broker, PostgreSQL, client.
 
 When their sum is close to the wall time per job, the job's path is CPU-bound on the machine's
-cores, and it is the CPU of each process, not waiting, that sets the latency. Runs on the dev
+cores, and it is the CPU of each process, not waiting, that sets the latency. Beside each
+process's CPU: how long its threads were runnable but waited for a core (Linux schedstat), in
+all and per wake-up: the queueing a job meets at each process it crosses. Runs on the dev
 stack (or AETHERIS_* addresses) in a bench environment of its own:
 
     .venv/bin/python benchmarks/probes/cpu_split.py jobs 1000      # sequential simple jobs
@@ -14,6 +16,7 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
@@ -39,6 +42,19 @@ def cpu_seconds(group: list[psutil.Process]) -> float:
     return total
 
 
+def queued(group: list[psutil.Process]) -> tuple[float, int]:
+    """Seconds the group's threads waited runnable for a CPU, and their number of wake-ups."""
+    waited, slices = 0.0, 0
+    for proc in group:
+        for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+            try:
+                _, wait_ns, count = (int(v) for v in (task / "schedstat").read_text().split())
+            except (OSError, ValueError):  # a thread or backend that ended meanwhile
+                continue
+            waited, slices = waited + wait_ns / 1e9, slices + count
+    return waited, slices
+
+
 def busy_seconds() -> float:
     """All processes' CPU time (everything but idle and iowait)."""
     times = psutil.cpu_times()
@@ -62,6 +78,7 @@ async def measure(env: BenchEnv, mode: str, count: int) -> None:
     groups = {"worker": [psutil.Process(env.workers[0].proc.pid)], "broker": processes("kafka.Kafka"),
               "postgres": processes("postgres"), "client": [psutil.Process()]}
     before = {name: cpu_seconds(group) for name, group in groups.items()}
+    queued_before = {name: queued(group) for name, group in groups.items()}
     busy, began = busy_seconds(), time.perf_counter()
     await (jobs if mode == "jobs" else steps)(client, count)
     wall = time.perf_counter() - began
@@ -69,7 +86,10 @@ async def measure(env: BenchEnv, mode: str, count: int) -> None:
     print(f"{count} {mode}: wall {wall / count * 1000:.3f} ms per {unit}")
     for name, group in groups.items():
         used = cpu_seconds(group) - before[name]
-        print(f"  {name:9s} {used / count * 1000:6.3f} ms CPU per {unit}")
+        (waited, slices), (waited_before, slices_before) = queued(group), queued_before[name]
+        waited, slices = waited - waited_before, max(1, slices - slices_before)
+        print(f"  {name:9s} {used / count * 1000:6.3f} ms CPU per {unit}, waited for a core "
+              f"{waited / count * 1000:6.3f} ms ({waited / slices * 1e6:4.0f} us per wake-up)")
     print(f"  {'all':9s} {(busy_seconds() - busy) / count * 1000:6.3f} ms CPU per {unit} "
           f"(every process, {os.cpu_count()} cores)")
 
