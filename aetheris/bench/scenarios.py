@@ -125,19 +125,25 @@ async def _sequential_jobs(env: BenchEnv, sizes: Sizes, idempotent: bool,
     The warm-up jobs go to the tenants (so the partitions) the measured ones start with: warming
     one partition left the first measured job of every other one to meet it cold.
     """
-    client = AsyncClient(env.settings)
-    phases = ((f"warm-up jobs ({_variant(idempotent)})", sizes.latency_warmup),
-              (f"sequential jobs ({_variant(idempotent)})", sizes.latency_jobs))
-    timed: list[list[float]] = []
-    for what, count in phases:
-        samples = []
-        for i in range(count):
-            began = time.perf_counter()
-            await _sequential_job(client, i, idempotent)
-            samples.append((time.perf_counter() - began) * 1000)
-            report(what, i + 1, count)
-        timed.append(sorted(samples))
-    return timed[0], timed[1]
+    client, variant = AsyncClient(env.settings), _variant(idempotent)
+    cold = await sequential_latencies(client, sizes.latency_warmup, idempotent, report,
+                                      f"warm-up jobs ({variant})")
+    measured = await sequential_latencies(client, sizes.latency_jobs, idempotent, report,
+                                          f"sequential jobs ({variant})")
+    return sorted(cold), sorted(measured)
+
+
+async def sequential_latencies(client: AsyncClient, count: int, idempotent: bool, report: Report,
+                               what: str) -> list[float]:
+    """Milliseconds from submit to result of ``count`` simple jobs run one after another, in
+    the order they ran (job ``i`` goes to tenant ``i % 32``)."""
+    samples = []
+    for i in range(count):
+        began = time.perf_counter()
+        await _sequential_job(client, i, idempotent)
+        samples.append((time.perf_counter() - began) * 1000)
+        report(what, i + 1, count)
+    return samples
 
 
 async def _sequential_job(client: AsyncClient, i: int, idempotent: bool) -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 
 from aetheris.bench.harness import BenchEnv
-from aetheris.bench.scenarios import nearest_rank
+from aetheris.bench.scenarios import nearest_rank, sequential_latencies
 from aetheris.client import AsyncClient
 from aetheris.config import load_settings
 
@@ -25,12 +24,7 @@ WINDOW = 100
 async def sequential_ms(env: BenchEnv, jobs: int) -> list[float]:
     """Submit-to-result of ``jobs`` at-most-once jobs run one after another, in order."""
     client = AsyncClient(env.settings)
-    samples = []
-    for i in range(jobs):
-        began = time.perf_counter()
-        job_id = await client.submit("bench.simple", {"n": i}, f"tenant-{i % 32}")
-        await client.result(job_id, 60)
-        samples.append((time.perf_counter() - began) * 1000)
+    samples = await sequential_latencies(client, jobs, False, lambda *_: None, "")
     await client.close()
     return samples
 
