@@ -1,5 +1,7 @@
-"""Lazy commits (migration 0010) against real PostgreSQL: committed without waiting for the WAL
-flush, and never published or trusted as durable before the job's next durable commit."""
+"""Lazy and dependent commits (migration 0010) against real PostgreSQL: a lazy commit is committed
+without waiting for the WAL flush, and never published or trusted as durable before the job's
+next durable commit; a job's first write never lands without the submission that records it
+(with no foreign keys since migration 0011, nothing else keeps its history from being orphaned)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from aetheris import leases
-from aetheris.committer import GroupCommitter
+from aetheris.committer import DEPENDENCY_FAILED, GroupCommitError, GroupCommitter
+from aetheris.errors import FencedError
 from aetheris.kafka import messages as m
-from aetheris.ledger import FencedTransaction
+from aetheris.ledger import STARTED, FencedTransaction, StepRecord
 from aetheris.outbox import EventRow, JobCursor
 from aetheris.worker.handle import JobHandle
 from aetheris.worker.runtime import Runtime
@@ -67,6 +70,53 @@ def test_a_write_after_a_failed_one_is_not_even_tried(database_url: str, first_e
         assert outcomes[1].startswith("AE002:")  # never tried, though it would have committed
         assert outcomes[2] is None
         assert jobs == {"independent"}
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["same-group", "after-it-failed"])
+@pytest.mark.parametrize("failure", ["fenced", "job-id-taken"])
+def test_a_jobs_history_never_lands_without_its_job_row(
+    database_url: str, failure: str, together: bool,
+) -> None:
+    """The worker's path for a new job: its first write (a tool's start) rides behind the
+    submission that inserts the job, in the same group or queued once that has failed; either
+    way the start, its ledger row and its event must not be written."""
+    async def run() -> tuple[list[BaseException | None], list[tuple[Any, ...]]]:
+        async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False,
+                                       kwargs={"autocommit": True}) as pool:
+            epoch = await _claim(database_url, 0)
+            if failure == "job-id-taken":  # another tenant's job, with no history of its own
+                async with pool.connection() as conn:
+                    await conn.execute("INSERT INTO jobs (job_id, tenant_id, agent, partition, status, "
+                                       "input) VALUES ('job-1', 'tenant-b', 'a', 0, 'RUNNING', '{}')")
+            cursor = JobCursor("job-1", "tenant-a", 0)
+            submission = FencedTransaction(0, epoch - 1 if failure == "fenced" else epoch)
+            submission.insert_job(cursor, "some.agent", "SUBMITTED", {}, None, None)
+            submission.event(cursor, m.JobSubmitted(agent="some.agent", input="{}"))
+            first_write = FencedTransaction(0, epoch)
+            step = StepRecord("1:tool:charge:00", 1, "tool", "charge", STARTED, args={}, attempt=1)
+            first_write.insert_step(cursor, step)
+            first_write.event(cursor, m.ToolStarted(step_key=step.step_key, name="charge", attempt=1,
+                                                    args="{}", args_hash="00" * 32))
+            committer = GroupCommitter(pool)
+            recorded = committer.enqueue(submission)
+            if not together:
+                await asyncio.gather(recorded, return_exceptions=True)
+            started = committer.enqueue(first_write, after=recorded)
+            outcomes = await asyncio.gather(recorded, started, return_exceptions=True)
+            await committer.close()
+            async with pool.connection() as conn:
+                history = await (await conn.execute(
+                    "SELECT 'event', type FROM job_events WHERE job_id = 'job-1' UNION ALL "
+                    "SELECT 'step', step_key FROM ledger WHERE job_id = 'job-1'")).fetchall()
+        return [o if isinstance(o, BaseException) else None for o in outcomes], history
+
+    (submitted, started), history = asyncio.run(run())
+    if failure == "fenced":
+        assert isinstance(submitted, FencedError)
+    else:
+        assert isinstance(submitted, GroupCommitError) and submitted.sqlstate == "23505"
+    assert isinstance(started, GroupCommitError) and started.sqlstate == DEPENDENCY_FAILED
+    assert history == []
 
 
 class RecordingPublisher:
