@@ -61,6 +61,21 @@ class EventRow:
     model: AvroRecord | None = field(default=None, compare=False, repr=False)
     """The payload model this process built the row from (None for rows read back)."""
 
+    def avro_record(self) -> dict[str, Any]:
+        """The Avro record of :meth:`to_envelope`, built without the envelope model.
+
+        The same bytes once encoded (unit test), for a third of the cost: the row was built
+        from, or read back as, a valid event, so publishing it needs no model validated or
+        constructed again.
+        """
+        payload = self.model or EVENT_TYPES[self.type].model_validate(self.payload)
+        return {
+            "tenant_id": self.tenant_id, "job_id": self.job_id, "seq": self.seq,
+            "epoch": self.epoch, "type": self.type, "occurred_at": self.occurred_at,
+            "payload": (payload.avro_name, payload.to_avro()),
+            "prev_hash": self.prev_hash.hex() if self.prev_hash else None, "hash": self.hash.hex(),
+        }
+
     def to_envelope(self) -> JobEvent:
         """The Avro envelope published to the events topic."""
         if self.model is not None:
@@ -178,7 +193,8 @@ class OutboxPublisher:
             try:
                 self.producer.produce(
                     self.topic, key=row.tenant_id.encode(),
-                    value=self.serde.encode_event(row.to_envelope()), partition=row.partition,
+                    value=self.serde.encode(JobEvent.avro_name, row.avro_record()),
+                    partition=row.partition,
                     on_delivery=functools.partial(self._on_delivery, row),
                 )
             except BufferError:
