@@ -74,10 +74,15 @@ def report(spans: list[Span], phase_trace: Path, send_trace: Path) -> None:
                    (line.split() for line in send_trace.read_text().splitlines()))
     rows = [row for span in spans if (row := job_phases(span, phases, sends)) is not None]
     names = list(dict.fromkeys(name for row in rows for name in row))
-    print(f"{len(rows)} jobs (medians, p95; ms)")
+    slow_line = nearest_rank(sorted(row["total"] for row in rows), 95)
+    slow = [row for row in rows if row["total"] >= slow_line]
+    print(f"{len(rows)} jobs (medians, p95; ms), and the median of the {len(slow)} slowest "
+          f"(total >= p95): what a tail job spends its time on")
     for name in names:
         values = sorted(row[name] for row in rows if name in row)
+        in_slow = [row[name] for row in slow if name in row]
         print(f"  {name:44s} {statistics.median(values):7.3f} {nearest_rank(values, 95):7.3f}"
+              f" {statistics.median(in_slow) if in_slow else float('nan'):7.3f}"
               f"  ({len(values)} jobs)")
 
 
