@@ -21,7 +21,10 @@ ENV_PREFIX = "AETHERIS_"
 class Settings(BaseSettings):
     """Runtime configuration. Each field reads ``AETHERIS_<FIELD NAME IN UPPER CASE>``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # An empty variable (``AETHERIS_HOME=``) means unset, as a shell user expects: taken as a
+    # value it made the home the current directory and the bootstrap address "".
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True,
+                                      env_ignore_empty=True)
 
     kafka_bootstrap: str | None = None
     """Kafka bootstrap servers. Unset: the running dev stack's broker is used."""

@@ -48,7 +48,9 @@ POSTGRES_IMAGE = "postgres:16"
 
 def jar_home() -> Path:
     """Where the pinned jars are cached across test sessions (the user's AETHERIS_HOME)."""
-    return Path(os.environ.get("AETHERIS_HOME", "~/.aetheris")).expanduser()
+    # An empty AETHERIS_HOME means unset (as in aetheris.config): as "." the link made below
+    # would be "jars" -> "jars", a loop, and every embedded stack of the session would fail.
+    return Path(os.environ.get("AETHERIS_HOME") or "~/.aetheris").expanduser()
 
 
 def share_jar_cache(home: Path) -> None:

@@ -39,6 +39,15 @@ def test_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert settings.home == tmp_path
 
 
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "PARTITIONS", "HOME"):
+        monkeypatch.setenv(f"AETHERIS_{name}", "")
+    settings = load_settings()
+    assert (settings.kafka_bootstrap, settings.database_url) == (None, None)
+    assert settings.partitions == 12
+    assert settings.home == Path("~/.aetheris").expanduser()
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
