@@ -64,11 +64,12 @@ class EventRow:
     def avro_record(self) -> dict[str, Any]:
         """The Avro record of :meth:`to_envelope`, built without the envelope model.
 
-        The same bytes once encoded (unit test), for a third of the cost: the row was built
-        from, or read back as, a valid event, so publishing it needs no model validated or
-        constructed again.
+        The same bytes once encoded (unit test), for a third of the cost: a row built here
+        keeps the payload model it was built from, so publishing it constructs no model again;
+        a row read back has its payload validated, as the envelope would.
         """
-        payload = self.model or EVENT_TYPES[self.type].model_validate(self.payload)
+        payload = (self.model if self.model is not None
+                   else EVENT_TYPES[self.type].model_validate(self.payload))
         return {
             "tenant_id": self.tenant_id, "job_id": self.job_id, "seq": self.seq,
             "epoch": self.epoch, "type": self.type, "occurred_at": self.occurred_at,
