@@ -13,7 +13,8 @@ from aetheris.config import Settings
 from aetheris.db.migrate import migrate
 from aetheris.dev.brokers import PROFILES, BrokerKind, EmbeddedBroker, make_broker
 from aetheris.dev.postgres import EmbeddedPostgres
-from aetheris.dev.process import PidFileProcess
+from aetheris.dev.process import PidFileProcess, port_open
+from aetheris.errors import InfrastructureError
 from aetheris.kafka.clients import make_admin
 from aetheris.kafka.topics import ensure_topics, topic_specs
 
@@ -43,6 +44,7 @@ class DevStack:
 
     def up(self, step: Callable[[str], None] = lambda _: None, *, streams: bool = True) -> StackState:
         """Start whatever is not running, create topics, apply migrations; idempotent."""
+        self._check_ports_free()
         self.home.mkdir(parents=True, exist_ok=True)
         step("PostgreSQL")
         self.postgres.start()
@@ -58,6 +60,22 @@ class DevStack:
             step("stream processors")
             self._start_streams(state)
         return state
+
+    def _check_ports_free(self) -> None:
+        """Fail before starting anything when a port this stack would take is someone else's.
+
+        Typically a dev stack of another ``AETHERIS_HOME`` on the default ports: starting on top
+        of it would only end in the server's own bind error, buried in its log.
+        """
+        servers = [(self.postgres.running(), "PostgreSQL", self.settings.dev_postgres_port,
+                    "AETHERIS_DEV_POSTGRES_PORT"),
+                   (self.broker.running(), "broker", self.settings.dev_kafka_port,
+                    "AETHERIS_DEV_KAFKA_PORT")]
+        for running, what, port, variable in servers:
+            if not running and port_open("127.0.0.1", port):
+                raise InfrastructureError(
+                    f"port {port} for the dev {what} is taken by another process (a dev stack "
+                    f"under another AETHERIS_HOME?): stop it, or set {variable} to a free port")
 
     def _start_streams(self, state: StackState) -> None:
         """The stream processors (job state, snapshots, projections) as a background process."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -137,3 +138,21 @@ def test_foreground_up_stops_cleanly_on_interrupt(dev_env: dict[str, str]) -> No
     finally:
         proc.kill()
         aetheris(dev_env, "dev", "down")
+
+
+@pytest.mark.parametrize(("variable", "what"), [("AETHERIS_DEV_POSTGRES_PORT", "PostgreSQL"),
+                                               ("AETHERIS_DEV_KAFKA_PORT", "broker")])
+def test_up_refuses_a_port_another_process_holds(dev_env: dict[str, str], variable: str,
+                                                 what: str) -> None:
+    port = int(dev_env[variable])
+    with socket.socket() as taken:  # e.g. a dev stack under another AETHERIS_HOME
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = aetheris(dev_env, "dev", "up", "--detach", "--no-streams")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: port {port} for the dev {what} is taken by another process (a dev stack under "
+        f"another AETHERIS_HOME?): stop it, or set {variable} to a free port")
+    home = Path(dev_env["AETHERIS_HOME"])
+    assert not (home / "postgres").exists() and not (home / "kafka").exists()  # nothing started
