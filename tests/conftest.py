@@ -26,7 +26,7 @@ from typing import Literal
 import psycopg
 import pytest
 
-from aetheris.config import Settings
+from aetheris.config import Settings, load_settings
 from aetheris.db.migrate import migrate
 from aetheris.dev.brokers import (
     KAFKA_PROFILE,
@@ -48,9 +48,7 @@ POSTGRES_IMAGE = "postgres:16"
 
 def jar_home() -> Path:
     """Where the pinned jars are cached across test sessions (the user's AETHERIS_HOME)."""
-    # An empty AETHERIS_HOME means unset (as in aetheris.config): as "." the link made below
-    # would be "jars" -> "jars", a loop, and every embedded stack of the session would fail.
-    return Path(os.environ.get("AETHERIS_HOME") or "~/.aetheris").expanduser()
+    return load_settings().home
 
 
 def share_jar_cache(home: Path) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aetheris.config import Settings
+from aetheris.config import ENV_PREFIX, Settings
 from aetheris.db.migrate import migrate
 from aetheris.dev.brokers import PROFILES, BrokerKind, EmbeddedBroker, make_broker
 from aetheris.dev.postgres import EmbeddedPostgres
@@ -67,15 +67,15 @@ class DevStack:
         Typically a dev stack of another ``AETHERIS_HOME`` on the default ports: starting on top
         of it would only end in the server's own bind error, buried in its log.
         """
-        servers = [(self.postgres.running(), "PostgreSQL", self.settings.dev_postgres_port,
-                    "AETHERIS_DEV_POSTGRES_PORT"),
-                   (self.broker.running(), "broker", self.settings.dev_kafka_port,
-                    "AETHERIS_DEV_KAFKA_PORT")]
-        for running, what, port, variable in servers:
+        servers = [(self.postgres.running(), "PostgreSQL", "dev_postgres_port"),
+                   (self.broker.running(), "broker", "dev_kafka_port")]
+        for running, what, setting in servers:
+            port = getattr(self.settings, setting)
             if not running and port_open("127.0.0.1", port):
                 raise InfrastructureError(
                     f"port {port} for the dev {what} is taken by another process (a dev stack "
-                    f"under another AETHERIS_HOME?): stop it, or set {variable} to a free port")
+                    f"under another AETHERIS_HOME?): stop it, or set {ENV_PREFIX}{setting.upper()} "
+                    "to a free port")
 
     def _start_streams(self, state: StackState) -> None:
         """The stream processors (job state, snapshots, projections) as a background process."""
