@@ -63,15 +63,37 @@ def share_jar_cache(home: Path) -> None:
     (home / "jars").symlink_to(cache, target_is_directory=True)
 
 
+PORT_BLOCK = 500
+"""Ports each pytest-xdist worker draws from, in its own block from ``FIRST_TEST_PORT`` up."""
+FIRST_TEST_PORT = 20_000
+_drawn = [0]
+
+
 def free_port(span: int = 1) -> int:
-    """A port p such that p .. p+span-1 are free on 127.0.0.1."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port + span < 65535 and all(_free(port + i) for i in range(1, span)):
+    """A port p such that p .. p+span-1 are free on 127.0.0.1, never handed out twice.
+
+    Drawn below the kernel's ephemeral range, not from ``bind(0)``: ephemeral ports are also the
+    source ports of outgoing connections, so a server restarted on one (the dev stack's down and
+    up) could find it taken meanwhile by any client's connection (seen once in CI: Kafka's
+    "Address already in use" on the second ``dev up``). Each xdist worker has its own block, so
+    parallel workers never draw the same port.
+    """
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    block = FIRST_TEST_PORT + worker * PORT_BLOCK
+    end = min(block + PORT_BLOCK, _ephemeral_ports_start())
+    while block + _drawn[0] + span <= end:
+        port = block + _drawn[0]
+        _drawn[0] += span
+        if all(_free(port + i) for i in range(span)):
             return port
-    raise RuntimeError("no free port range")
+    raise RuntimeError(f"no {span} free ports left in {block}..{end - 1}")
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 def _free(port: int) -> bool:

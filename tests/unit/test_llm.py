@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from aetheris.llm import (
     ScriptedProvider,
     provider_from_settings,
 )
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -209,9 +209,7 @@ def test_malformed_body_is_terminal(server: FakeServer, body: bytes) -> None:
 
 
 def test_server_not_listening_is_retryable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # bound by nobody, and below the range client connections draw from
     with pytest.raises(RetryableError, match="ConnectError"):
         complete(OpenAICompatibleProvider(f"http://127.0.0.1:{port}/v1", "k", timeout_s=2))
 
