@@ -89,6 +89,7 @@ def free_port(span: int = 1) -> int:
     raise RuntimeError(f"no {span} free ports left in {block}..{end - 1}")
 
 
+@cache  # read once per process, not on every draw
 def _ephemeral_ports_start() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
