@@ -30,11 +30,13 @@ class Sizes:
     jobs: int = 500
     warmup: int = 10
     latency_jobs: int = 200
-    latency_warmup: int = 300
+    latency_warmup: int = 700
     """Sequential jobs before the measured ones. A fresh worker on fresh topics answers slower
-    for its first ~200 jobs (the broker's first index entries of new partitions, cold backends):
-    the figure is the runtime's steady state, as a long-running peer's is, and these jobs are
-    reported on their own as the cold start."""
+    at first: cold backends, and each new partition's first index entry, which the broker writes
+    to an untouched page of a memory-mapped sparse file and which stalled a submit 100-230 ms
+    on the 2 vCPU machine (jobs 93-623 of 32 tenants on 12 partitions, by the bytes each
+    partition received). The figure is the runtime's steady state, as a long-running peer's is,
+    and these jobs are reported on their own as the cold start."""
     long_steps: int = 10_000
     replay_events: int = 10_000
     kill_at: int = 5_000

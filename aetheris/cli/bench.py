@@ -17,22 +17,24 @@ from aetheris.errors import ConfigError
 def bench(
     scenarios: list[str] = typer.Argument(None, help=f"Any of: {', '.join(SCENARIOS)} (default: all)."),
     out: Path | None = typer.Option(None, "--out", help="Also append the JSON lines to this file."),
-    jobs: int = typer.Option(500, "--jobs", min=1, help="Jobs of the throughput and scale runs."),
-    latency_jobs: int = typer.Option(200, "--latency-jobs", min=1),
-    long_steps: int = typer.Option(10_000, "--long-steps", min=2),
-    replay_events: int = typer.Option(10_000, "--replay-events", min=2,
+    jobs: int = typer.Option(Sizes.jobs, "--jobs", min=1, help="Jobs of the throughput and scale runs."),
+    latency_jobs: int = typer.Option(Sizes.latency_jobs, "--latency-jobs", min=1),
+    long_steps: int = typer.Option(Sizes.long_steps, "--long-steps", min=2),
+    replay_events: int = typer.Option(Sizes.replay_events, "--replay-events", min=2,
                                       help="Events of the job whose replay context is timed."),
-    concurrent: int = typer.Option(100, "--concurrent", min=1),
-    warmup: int = typer.Option(10, "--warmup", min=0,
+    concurrent: int = typer.Option(Sizes.concurrent, "--concurrent", min=1),
+    warmup: int = typer.Option(Sizes.warmup, "--warmup", min=0,
                                help="Jobs run before the throughput and scale figures."),
-    latency_warmup: int = typer.Option(300, "--latency-warmup", min=0,
+    latency_warmup: int = typer.Option(Sizes.latency_warmup, "--latency-warmup", min=0,
                                        help="Sequential jobs before the latency figures, "
                                             "reported as the cold start."),
     kill_at: int | None = typer.Option(None, "--kill-at", min=1,
                                        help="Step after which long_job's worker is killed "
                                             "(default: half of --long-steps)."),
-    sleep: float = typer.Option(2.0, "--sleep", min=0, help="Durable sleep of each concurrency job, s."),
-    workers: str = typer.Option("1,2,4", "--workers", help="Worker counts of the scale runs."),
+    sleep: float = typer.Option(Sizes.sleep_s, "--sleep", min=0,
+                                help="Durable sleep of each concurrency job, s."),
+    workers: str = typer.Option(",".join(map(str, Sizes.scale_workers)), "--workers",
+                                help="Worker counts of the scale runs."),
     keep: bool = typer.Option(False, "--keep", help="Keep the run's database and topics."),
 ) -> None:
     """Run benchmark scenarios on the embedded stack (or AETHERIS_* addresses); JSON on stdout."""
