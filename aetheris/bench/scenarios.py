@@ -15,6 +15,7 @@ import psycopg
 
 from aetheris.bench.harness import BenchEnv, WorkerProcess
 from aetheris.client import AsyncClient
+from aetheris.errors import InfrastructureError
 from aetheris.snapshots import build_replay_context, take_snapshot
 
 T = TypeVar("T")
@@ -168,23 +169,14 @@ def _variant(idempotent: bool) -> str:
 
 
 def long_job(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:
-    """One job of ``long_steps`` steps; then the same with the worker killed half way."""
+    """One job of ``long_steps`` steps; then the same with the worker killed right after step
+    ``kill_at`` committed; then with the worker killed inside that step (:func:`_killed_mid_step`)."""
     count_file = env.workdir / "executions.log"
 
     async def submit_and_wait(client: AsyncClient, watch: Callable[[int], None] | None = None) -> float:
         began = time.perf_counter()
         job_id = await client.submit("bench.long", {"steps": sizes.long_steps}, "tenant-long")
-        task = asyncio.ensure_future(client.result(job_id, timeout=3600))
-        executed = LineCounter(count_file)
-        while not task.done():
-            await asyncio.sleep(0.1)
-            done = executed.count()
-            report("steps", min(done, sizes.long_steps), sizes.long_steps)
-            if watch is not None:
-                watch(done)
-        await task
-        if watch is not None:
-            watch(executed.count())  # a short rest of the job may end between two samples
+        await _follow(client, job_id, LineCounter(count_file), sizes.long_steps, report, watch)
         return time.perf_counter() - began
 
     passed_kill_at: list[float] = []
@@ -217,16 +209,87 @@ def long_job(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]
     resume = resumed_at[0] - killed_at[0] if resumed_at else float("nan")
     env.stop_workers()
     executions = _lines(count_file)
-    return [{
-        "scenario": "long_job", "steps": sizes.long_steps, "total_s": round(total, 2),
-        "kill_at_step": sizes.kill_at, "recovery_s": round(recovery, 2), "resume_s": round(resume, 2),
-        "remaining_work_s": round(remaining, 2),
+    after_step = {
+        "scenario": "long_job", "variant": "killed after a step", "steps": sizes.long_steps,
+        "total_s": round(total, 2), "kill_at_step": sizes.kill_at, "recovery_s": round(recovery, 2),
+        "resume_s": round(resume, 2), "remaining_work_s": round(remaining, 2),
         "executions": executions, "reexecuted_steps": executions - sizes.long_steps,
         "notes": "SIGKILL right after step kill_at committed; a fresh worker with the same static "
                  "group membership takes over at once; recovery_s is kill to result, resume_s kill "
                  "to the next step's execution; remaining_work_s is the uninterrupted run's time "
                  "from step kill_at to its result (all three sampled every 0.1 s)",
-    }]
+    }
+    return [after_step, _killed_mid_step(env, sizes, report)]
+
+
+PARK_TIMEOUT_S = 300.0
+
+
+def _killed_mid_step(env: BenchEnv, sizes: Sizes, report: Report) -> dict[str, Any]:
+    """The long job with its worker SIGKILLed inside step ``kill_at``: the tool's effect
+    happened, its outcome was never recorded. This is where an at-least-once runtime runs the
+    tool again; at-most-once the fresh worker parks the job in doubt instead, and the bench then
+    does what an operator who checked the effect does: completes the step with it."""
+    count_file = env.workdir / "executions-mid-step.log"
+    first = env.start_worker("bench-long-mid", AETHERIS_BENCH_COUNT_FILE=str(count_file),
+                             AETHERIS_CHAOS=f"kill:before_complete:counted_step:{sizes.kill_at}")
+
+    async def run() -> tuple[float, float, str | None, bool]:
+        client = AsyncClient(env.settings)
+        job_id = await client.submit("bench.long", {"steps": sizes.long_steps}, "tenant-long")
+        executed = LineCounter(count_file)
+        while first.proc.poll() is None:
+            await asyncio.sleep(0.1)
+            report("steps until the kill", min(executed.count(), sizes.kill_at), sizes.kill_at)
+        killed = time.perf_counter()
+        env.start_worker("bench-long-mid", owns=0, AETHERIS_BENCH_COUNT_FILE=str(count_file))
+        report("waiting for the job to be parked in doubt", 0, 0)
+        info = await client.status(job_id)
+        while info.status not in ("WAITING", "COMPLETED", "FAILED", "CANCELLED"):
+            if time.perf_counter() - killed > PARK_TIMEOUT_S:
+                raise InfrastructureError(f"the long job was neither parked nor finished "
+                                          f"{PARK_TIMEOUT_S:.0f} s after its worker was killed")
+            await asyncio.sleep(0.05)
+            info = await client.status(job_id)
+        parked = time.perf_counter() - killed
+        if info.status != "WAITING" or not info.pending_steps:
+            return parked, parked, None, False  # not parked: the figures show what ran instead
+        # The operator's check: the last line of the count file is the step's effect.
+        effect = int(count_file.read_text().split()[-1])
+        await client.resolve(job_id, info.pending_steps[0], "complete", result=effect)
+        await _follow(client, job_id, executed, sizes.long_steps, report)
+        return parked, time.perf_counter() - killed, info.pending_steps[0], True
+
+    parked_s, recovery_s, in_doubt_step, resolved = asyncio.run(run())
+    env.stop_workers()
+    executions = _lines(count_file)
+    return {
+        "scenario": "long_job", "variant": "killed mid-step", "steps": sizes.long_steps,
+        "kill_at_step": sizes.kill_at, "parked_in_doubt_s": round(parked_s, 2),
+        "recovery_s": round(recovery_s, 2), "in_doubt_step": in_doubt_step,
+        "completed_after_resolution": resolved,
+        "executions": executions, "reexecuted_steps": executions - sizes.long_steps,
+        "notes": "SIGKILL inside step kill_at, after its tool's effect and before its outcome was "
+                 "recorded; the fresh worker parks the job in doubt rather than run the tool "
+                 "again, and the bench completes the step with its effect (from the count file), "
+                 "as an operator would; parked_in_doubt_s is kill to the job's WAITING status, "
+                 "recovery_s kill to the result (the resolution included)",
+    }
+
+
+async def _follow(client: AsyncClient, job_id: str, executed: LineCounter, steps: int,
+                  report: Report, watch: Callable[[int], None] | None = None) -> None:
+    """Await the job's result, reporting (and passing ``watch``) its executed steps meanwhile."""
+    task = asyncio.ensure_future(client.result(job_id, timeout=3600))
+    while not task.done():
+        await asyncio.sleep(0.1)
+        done = executed.count()
+        report("steps", min(done, steps), steps)
+        if watch is not None:
+            watch(done)
+    await task
+    if watch is not None:
+        watch(executed.count())  # a short rest of the job may end between two samples
 
 
 def concurrency(env: BenchEnv, sizes: Sizes, report: Report) -> list[dict[str, Any]]:

@@ -276,6 +276,7 @@ class JobContext(Context):
                 value = await _with_timeout(call(step.idempotency_key or step.step_key),
                                             definition.timeout_s, step.name)
                 result = to_json_value(value, f"{step.name} result")
+                crash_point("before_complete", step.name)
             except StepTimeoutError as exc:
                 if not definition.idempotent:
                     # The tool may still have had its effect (a sync tool's thread even runs

@@ -71,10 +71,16 @@ def test_kill_before_a_tool_or_after_its_commit(stack: Stack, point: str, tool: 
     assert_topic_mirrors_outbox(stack.settings)
 
 
-def test_kill_between_tool_and_commit_parks_a_non_idempotent_tool(stack: Stack) -> None:
-    first = stack.start_worker("w1", AETHERIS_TEST_DIE_IN_TOOL="1")
+@pytest.mark.parametrize(("tool", "env"), [
+    ("effect_then_die", {"AETHERIS_TEST_DIE_IN_TOOL": "1"}),  # the tool's own process dies in it
+    ("effect", {"AETHERIS_CHAOS": "kill:before_complete:effect"}),  # the runtime's chaos point
+])
+def test_kill_between_tool_and_commit_parks_a_non_idempotent_tool(
+    stack: Stack, tool: str, env: dict[str, str],
+) -> None:
+    first = stack.start_worker("w1", **env)
     with Client(stack.settings) as client:
-        job_id = client.submit("steps", {"count": 3, "tool_name": "effect_then_die"}, tenant="acme")
+        job_id = client.submit("steps", {"count": 3, "tool_name": tool}, tenant="acme")
         assert first.proc.wait(60) == -signal.SIGKILL
         stack.start_worker("w1")
         stack.wait(lambda: client.status(job_id).waiting_reason == "IN_DOUBT", 30, "never parked")

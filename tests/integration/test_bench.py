@@ -44,10 +44,17 @@ def test_every_scenario_reports_its_figures_with_machine_and_versions(stack: Sta
     assert [(t["variant"], t["jobs"], t["cold"]["jobs"]) for t in by_scenario["latency"]] == [
         ("at-most-once", 3, 2), ("idempotent", 3, 2)]
     assert all(float(str(t["worker_cpu_ms_per_job"])) > 0 for t in by_scenario["latency"])
-    [long_job] = by_scenario["long_job"]
+    [long_job, mid_step] = by_scenario["long_job"]
     # The worker is killed right after step 10 committed: every step ran exactly once.
+    assert long_job["variant"] == "killed after a step"
     assert (long_job["kill_at_step"], long_job["executions"], long_job["reexecuted_steps"]) == (10, 20, 0)
     assert 0 < float(str(long_job["resume_s"])) <= float(str(long_job["recovery_s"]))
+    # Killed inside the tenth step, after its effect: parked in doubt, completed with that
+    # effect, and still every step ran exactly once.
+    assert mid_step["variant"] == "killed mid-step"
+    assert (mid_step["executions"], mid_step["reexecuted_steps"]) == (20, 0)
+    assert mid_step["completed_after_resolution"] is True
+    assert str(mid_step["in_doubt_step"]).startswith("10:tool:counted_step:")  # positions count from 1
     [concurrency] = by_scenario["concurrency"]
     assert concurrency["all_completed"] is True and concurrency["jobs"] == 4
     [snapshot] = by_scenario["snapshot"]
@@ -67,8 +74,10 @@ def test_the_snapshot_scenario_runs_on_its_own(stack: Stack) -> None:
 
 def test_the_kill_step_the_warm_up_and_the_scale_workers_are_adjustable(stack: Stack) -> None:
     lines = bench(stack, "long_job", "scale", "--kill-at", "3", "--workers", "2", "--warmup", "0")
-    [long_job, scale] = lines
+    [long_job, mid_step, scale] = lines
     assert (long_job["kill_at_step"], long_job["executions"], long_job["reexecuted_steps"]) == (3, 20, 0)
+    assert (mid_step["kill_at_step"], mid_step["executions"], mid_step["reexecuted_steps"]) == (3, 20, 0)
+    assert str(mid_step["in_doubt_step"]).startswith("3:tool:counted_step:")
     assert (scale["scenario"], scale["workers"]) == ("scale", 2)
 
 

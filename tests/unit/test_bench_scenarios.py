@@ -122,10 +122,81 @@ def test_remaining_work_is_timed_from_the_kill_step_not_taken_as_a_share_of_the_
             await job.run()
 
     monkeypatch.setattr(scenarios, "AsyncClient", Client)
-    [figures] = scenarios.long_job(PacedEnv(tmp_path, job), Sizes(long_steps=20, kill_at=10),
-                                   lambda *_: None)
+    monkeypatch.setattr(scenarios, "_killed_mid_step", lambda *_: {"variant": "killed mid-step"})
+    [figures, mid_step] = scenarios.long_job(PacedEnv(tmp_path, job), Sizes(long_steps=20, kill_at=10),
+                                             lambda *_: None)
+
+    assert (figures["variant"], mid_step) == ("killed after a step", {"variant": "killed mid-step"})
 
     assert figures["reexecuted_steps"] == 0 and figures["executions"] == 20
     # The ten slow steps take 0.8 s of the 0.81 s: a share of the total would say ~0.4 s.
     assert 0.6 <= figures["remaining_work_s"] <= figures["total_s"]
     assert figures["recovery_s"] >= figures["remaining_work_s"] - 0.2
+
+
+class InDoubtClient:
+    """Stands in for AsyncClient while a worker dies inside step ``kill_at`` (its effect in the
+    count file, its outcome unrecorded) and the fresh one parks the job in doubt, or, with
+    ``parks`` false, (wrongly) runs the step again and finishes the job."""
+
+    def __init__(self, count_file: Path, steps: int, kill_at: int, parks: bool) -> None:
+        self.count_file, self.steps, self.kill_at, self.parks = count_file, steps, kill_at, parks
+        self.polls = 0
+        self.resolved: list[tuple[str, str, str, Any]] = []
+
+    def __call__(self, _settings: Any) -> InDoubtClient:
+        return self
+
+    def _run(self, steps: range) -> None:
+        with self.count_file.open("a") as out:
+            out.writelines(f"{step}\n" for step in steps)
+
+    async def submit(self, agent: str, _input: dict[str, Any], _tenant: str) -> str:
+        assert agent == "bench.long"
+        self._run(range(self.kill_at))  # the kill_at-th execution is step kill_at - 1
+        return "job"
+
+    async def status(self, _job_id: str) -> Any:
+        self.polls += 1
+        if self.polls < 3:
+            return SimpleNamespace(status="RUNNING", pending_steps=[])
+        if self.parks:
+            return SimpleNamespace(status="WAITING", pending_steps=["step-9"])
+        if self.polls == 3:
+            self._run(range(self.kill_at - 1, self.steps))
+        return SimpleNamespace(status="COMPLETED", pending_steps=[])
+
+    async def resolve(self, job_id: str, step: str, action: str, result: Any = None) -> None:
+        self.resolved.append((job_id, step, action, result))
+
+    async def result(self, _job_id: str, timeout: float = 60.0) -> None:
+        self._run(range(self.kill_at, self.steps))
+
+
+@pytest.mark.parametrize("parks", [True, False])
+def test_the_mid_step_kill_completes_the_parked_step_with_its_effect_or_counts_the_rerun(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parks: bool) -> None:
+    client = InDoubtClient(tmp_path / "executions-mid-step.log", steps=20, kill_at=10, parks=parks)
+    monkeypatch.setattr(scenarios, "AsyncClient", client)
+    started: list[tuple[str, int | None, dict[str, str]]] = []
+
+    def start_worker(instance_id: str, owns: int | None = None, **env: str) -> Any:
+        started.append((instance_id, owns, env))
+        return SimpleNamespace(proc=SimpleNamespace(poll=lambda: -signal.SIGKILL))
+
+    env: Any = SimpleNamespace(workdir=tmp_path, settings=None, start_worker=start_worker,
+                               stop_workers=lambda: None)
+    figures = scenarios._killed_mid_step(env, Sizes(long_steps=20, kill_at=10), lambda *_: None)
+
+    assert [(i, owns, e.get("AETHERIS_CHAOS")) for i, owns, e in started] == [
+        ("bench-long-mid", None, "kill:before_complete:counted_step:10"), ("bench-long-mid", 0, None)]
+    assert figures["variant"] == "killed mid-step" and figures["kill_at_step"] == 10
+    if parks:  # completed with the effect the count file shows: the step's own value
+        assert client.resolved == [("job", "step-9", "complete", 9)]
+        assert (figures["in_doubt_step"], figures["completed_after_resolution"]) == ("step-9", True)
+        assert (figures["executions"], figures["reexecuted_steps"]) == (20, 0)
+        assert figures["recovery_s"] >= figures["parked_in_doubt_s"] > 0
+    else:
+        assert client.resolved == []
+        assert (figures["in_doubt_step"], figures["completed_after_resolution"]) == (None, False)
+        assert (figures["executions"], figures["reexecuted_steps"]) == (21, 1)
