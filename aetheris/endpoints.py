@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aetheris.config import Settings
-from aetheris.dev.brokers import KAFKA_PROFILE, PROFILES, BrokerProfile
 from aetheris.errors import ConfigError
+from aetheris.kafka.profiles import KAFKA_PROFILE, PROFILES, BrokerProfile
 
 if TYPE_CHECKING:
     from aetheris.dev.stack import StackState

@@ -28,17 +28,10 @@ import pytest
 
 from aetheris.config import Settings, load_settings
 from aetheris.db.migrate import migrate
-from aetheris.dev.brokers import (
-    KAFKA_PROFILE,
-    TANSU_PROFILE,
-    BrokerProfile,
-    KafkaBroker,
-    TansuBroker,
-    kraft_properties,
-    warm_up,
-)
+from aetheris.dev.brokers import KafkaBroker, TansuBroker, kraft_properties, warm_up
 from aetheris.dev.postgres import EmbeddedPostgres
 from aetheris.kafka.clients import make_admin
+from aetheris.kafka.profiles import KAFKA_PROFILE, TANSU_PROFILE, BrokerProfile
 from aetheris.kafka.topics import ensure_topics, topic_specs
 
 TEMPLATE_DB = "aetheris_test_template"

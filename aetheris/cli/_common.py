@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 
 from aetheris.config import Settings, load_settings
-from aetheris.dev.brokers import BrokerProfile, java_available
+from aetheris.dev.brokers import java_available
+from aetheris.kafka.profiles import BrokerProfile
 
 console = Console()
 err_console = Console(stderr=True)

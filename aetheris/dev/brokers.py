@@ -1,6 +1,7 @@
 """Embedded brokers: Apache Kafka (KRaft, from the pinned jars) and Tansu (no-Java fallback).
 
-Each broker comes with a :class:`BrokerProfile`, the one place that knows a broker's quirks.
+Each broker comes with a :class:`~aetheris.kafka.profiles.BrokerProfile`, the one place that
+knows a broker's quirks.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import base64
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -18,56 +18,9 @@ import structlog
 from aetheris.dev.jars import classpath
 from aetheris.dev.process import LogsSince, PidFileProcess, describe_exit, port_open, wait_until
 from aetheris.errors import InfrastructureError, ServerExitedError
+from aetheris.kafka.profiles import KAFKA_PROFILE, TANSU_PROFILE, BrokerProfile
 
 log = structlog.get_logger("aetheris.dev")
-
-BrokerKind = Literal["kafka", "tansu"]
-
-
-@dataclass(frozen=True)
-class BrokerProfile:
-    """What clients must do differently on a given broker."""
-
-    kind: BrokerKind
-    durable: bool
-    """Data survives a broker restart."""
-    session_timeout_ms: int
-    """Consumer-group session timeout; Tansu joins a group in about half of it."""
-    compacts: bool
-    """The broker runs log compaction on ``cleanup.policy=compact`` topics."""
-    changelog_batch_records: int | None
-    """Cap on records per faust changelog batch (Tansu's high watermark is wrong otherwise)."""
-    read_committed_hides_aborted: bool
-    """A ``read_committed`` consumer never sees aborted transactional records."""
-    lists_default_configs: bool
-    """DescribeConfigs lists every config, defaults included (Tansu lists only those set at creation)."""
-    limits: str
-    """One line for the user about what this broker cannot do."""
-
-    def consumer_overrides(self) -> dict[str, object]:
-        """confluent-kafka consumer settings this broker needs."""
-        return {"session.timeout.ms": self.session_timeout_ms}
-
-
-KAFKA_PROFILE = BrokerProfile(
-    kind="kafka", durable=True, session_timeout_ms=10_000, compacts=True,
-    changelog_batch_records=None, read_committed_hides_aborted=True, lists_default_configs=True,
-    limits="",
-)
-
-TANSU_PROFILE = BrokerProfile(
-    kind="tansu", durable=False, session_timeout_ms=6_000, compacts=False,
-    changelog_batch_records=1, read_committed_hides_aborted=False, lists_default_configs=False,
-    limits=(
-        "Tansu: memory-only (topics and records vanish on restart), wrong high watermark "
-        "(stream changelogs use one-record batches), no compaction, read_committed shows "
-        "aborted records, slow group joins (half of session.timeout.ms); correctness rests on "
-        "the Postgres ledger, not on Kafka."
-    ),
-)
-
-PROFILES: dict[BrokerKind, BrokerProfile] = {"kafka": KAFKA_PROFILE, "tansu": TANSU_PROFILE}
-
 
 def java_available() -> bool:
     """True when a working ``java`` is on PATH."""

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from aetheris.config import ENV_PREFIX, Settings
 from aetheris.db.migrate import migrate
-from aetheris.dev.brokers import PROFILES, BrokerKind, EmbeddedBroker, make_broker
+from aetheris.dev.brokers import EmbeddedBroker, make_broker
 from aetheris.dev.postgres import EmbeddedPostgres
 from aetheris.dev.process import PidFileProcess, port_open
 from aetheris.errors import InfrastructureError
 from aetheris.kafka.clients import make_admin
+from aetheris.kafka.profiles import PROFILES, BrokerKind
 from aetheris.kafka.topics import ensure_topics, topic_specs
 
 

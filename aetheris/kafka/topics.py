@@ -10,8 +10,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from aetheris.config import Settings
-from aetheris.dev.brokers import KAFKA_PROFILE, BrokerProfile
 from aetheris.errors import InfrastructureError, TopicDriftError
+from aetheris.kafka.profiles import KAFKA_PROFILE, BrokerProfile
 
 COMMANDS = "aetheris.commands.v1"
 EVENTS = "aetheris.events.v1"

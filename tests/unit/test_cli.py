@@ -17,9 +17,9 @@ from aetheris.cli import main
 from aetheris.cli._common import broker_notice
 from aetheris.cli.app import app, describe
 from aetheris.config import Settings
-from aetheris.dev import brokers
-from aetheris.dev.brokers import KAFKA_PROFILE, TANSU_PROFILE
 from aetheris.errors import TopicDriftError
+from aetheris.kafka import profiles
+from aetheris.kafka.profiles import KAFKA_PROFILE, TANSU_PROFILE
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.unit
@@ -174,7 +174,7 @@ def test_tansu_notice_gives_the_real_reason_and_every_limit(
     for quirk in ("memory-only", "wrong high watermark", "no compaction",
                   "read_committed shows aborted records", "slow group joins"):
         assert quirk in notice, quirk
-    assert brokers.PROFILES["tansu"] is TANSU_PROFILE
+    assert profiles.PROFILES["tansu"] is TANSU_PROFILE
 
 
 @pytest.mark.parametrize(

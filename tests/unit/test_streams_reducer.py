@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from aetheris.config import Settings
-from aetheris.dev.brokers import KAFKA_PROFILE
 from aetheris.endpoints import Endpoints
 from aetheris.kafka import messages as m
+from aetheris.kafka.profiles import KAFKA_PROFILE
 from aetheris.kafka.serde import AvroSerde
 from aetheris.outbox import JobCursor, next_event
 from streams.app import Processor, StreamsOptions, decode_record, encode_record
