@@ -29,7 +29,8 @@ def bench(
                                        help="Sequential jobs before the latency figures, "
                                             "reported as the cold start."),
     kill_at: int | None = typer.Option(None, "--kill-at", min=1,
-                                       help="Step after which long_job's worker is killed "
+                                       help="Step after which (and, in a third run, inside "
+                                            "which) long_job's worker is killed "
                                             "(default: half of --long-steps)."),
     sleep: float = typer.Option(Sizes.sleep_s, "--sleep", min=0,
                                 help="Durable sleep of each concurrency job, s."),
