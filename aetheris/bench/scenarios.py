@@ -242,6 +242,9 @@ def _killed_mid_step(env: BenchEnv, sizes: Sizes, report: Report) -> dict[str, A
             await asyncio.sleep(0.1)
             report("steps until the kill", min(executed.count(), sizes.kill_at), sizes.kill_at)
         killed = time.perf_counter()
+        if first.proc.poll() != -signal.SIGKILL:
+            raise InfrastructureError(f"the long job's worker was to die inside step {sizes.kill_at} "
+                                      f"but exited with {first.proc.poll()}; see {first.log}")
         env.start_worker("bench-long-mid", owns=0, AETHERIS_BENCH_COUNT_FILE=str(count_file))
         report("waiting for the job to be parked in doubt", 0, 0)
         info = await client.status(job_id)

@@ -12,6 +12,7 @@ import pytest
 
 from aetheris.bench import scenarios
 from aetheris.bench.scenarios import Sizes
+from aetheris.errors import InfrastructureError
 
 pytestmark = pytest.mark.unit
 
@@ -200,3 +201,16 @@ def test_the_mid_step_kill_completes_the_parked_step_with_its_effect_or_counts_t
         assert client.resolved == []
         assert (figures["in_doubt_step"], figures["completed_after_resolution"]) == (None, False)
         assert (figures["executions"], figures["reexecuted_steps"]) == (21, 1)
+
+
+def test_a_mid_step_worker_that_exits_otherwise_is_an_error_naming_its_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = InDoubtClient(tmp_path / "executions-mid-step.log", steps=20, kill_at=10, parks=True)
+    monkeypatch.setattr(scenarios, "AsyncClient", client)
+    worker = SimpleNamespace(proc=SimpleNamespace(poll=lambda: 1), log=tmp_path / "w.log")
+    env: Any = SimpleNamespace(workdir=tmp_path, settings=None, start_worker=lambda *_a, **_k: worker,
+                               stop_workers=lambda: None)
+
+    with pytest.raises(InfrastructureError, match=r"inside step 10 but exited with 1; see .*w\.log"):
+        scenarios._killed_mid_step(env, Sizes(long_steps=20, kill_at=10), lambda *_: None)
+    assert client.resolved == []
