@@ -169,7 +169,7 @@ class AsyncClient:
                 info = (None if notified and notice is None
                         else await self._status(self._queries(), job_id))
                 notified = False  # the re-checks below query, in case the listener broke
-                if info is not None and info.status in ("COMPLETED", "FAILED", "CANCELLED"):
+                if info is not None and info.status in m.TERMINAL_STATUSES:
                     return _outcome(job_id, info.status, info.result, info.error)
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -16,6 +16,7 @@ import psycopg
 from aetheris.bench.harness import BenchEnv, WorkerProcess
 from aetheris.client import AsyncClient
 from aetheris.errors import InfrastructureError
+from aetheris.kafka.records import TERMINAL_STATUSES
 from aetheris.snapshots import build_replay_context, take_snapshot
 
 T = TypeVar("T")
@@ -242,13 +243,13 @@ def _killed_mid_step(env: BenchEnv, sizes: Sizes, report: Report) -> dict[str, A
             await asyncio.sleep(0.1)
             report("steps until the kill", min(executed.count(), sizes.kill_at), sizes.kill_at)
         killed = time.perf_counter()
-        if first.proc.poll() != -signal.SIGKILL:
+        if (code := first.proc.poll()) != -signal.SIGKILL:
             raise InfrastructureError(f"the long job's worker was to die inside step {sizes.kill_at} "
-                                      f"but exited with {first.proc.poll()}; see {first.log}")
+                                      f"but exited with {code}; see {first.log}")
         env.start_worker("bench-long-mid", owns=0, AETHERIS_BENCH_COUNT_FILE=str(count_file))
         report("waiting for the job to be parked in doubt", 0, 0)
         info = await client.status(job_id)
-        while info.status not in ("WAITING", "COMPLETED", "FAILED", "CANCELLED"):
+        while info.status != "WAITING" and info.status not in TERMINAL_STATUSES:
             if time.perf_counter() - killed > PARK_TIMEOUT_S:
                 raise InfrastructureError(f"the long job was neither parked nor finished "
                                           f"{PARK_TIMEOUT_S:.0f} s after its worker was killed")

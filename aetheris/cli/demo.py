@@ -30,13 +30,13 @@ from aetheris.config import Settings
 from aetheris.dev.stack import DevStack
 from aetheris.endpoints import resolve
 from aetheris.errors import AetherisError, ConfigError, JobNotFoundError
+from aetheris.kafka.records import TERMINAL_STATUSES
 from aetheris.outbox import EventRow, job_history, verify_chain
 
 WORKER_ID = "demo-worker"
 TENANT = "demo"
 REFUND_INPUT: dict[str, Any] = {"order_id": "ord-1001", "amount_cents": 2500}
 RESEARCH_INPUT: dict[str, Any] = {"question": "How does Aetheris avoid repeating side effects after a crash?"}
-_TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 class DemoError(AetherisError):
@@ -214,7 +214,7 @@ def _decide(client: Client, worker: DemoWorker, job_id: str, *, approve: bool, a
     """Wait for the refund's confirmation request and answer it."""
     info = worker.watch("waiting for the refund to ask for approval",
                         lambda: _await_confirmation(client, worker, job_id, timeout))
-    if info.status in _TERMINAL:
+    if info.status in TERMINAL_STATUSES:
         return  # it failed before asking; waiting for its result reports why
     prompt, details = _confirmation_request(worker.database_url, job_id)
     order = details.get("order", {}) if isinstance(details, dict) else {}
@@ -233,7 +233,7 @@ def _await_confirmation(client: Client, worker: DemoWorker, job_id: str, timeout
     while True:
         try:
             info = client.status(job_id)
-            if info.status in _TERMINAL or (info.status == "WAITING"
+            if info.status in TERMINAL_STATUSES or (info.status == "WAITING"
                                             and info.waiting_reason == "CONFIRMATION"):
                 return info
         except JobNotFoundError:  # the worker has not recorded the submission yet

@@ -42,6 +42,7 @@ from aetheris.kafka.events import (
     ToolStarted,
 )
 from aetheris.kafka.records import (
+    TERMINAL_STATUSES,
     AvroRecord,
     InDoubtAction,
     JobStatus,
@@ -170,6 +171,7 @@ class JobSnapshot(AvroRecord):
 
 __all__ = [
     "EVENT_TYPES",
+    "TERMINAL_STATUSES",
     "AvroRecord",
     "CancelJob",
     "Command",

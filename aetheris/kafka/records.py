@@ -209,6 +209,10 @@ class JobStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+"""The statuses a job never leaves (they compare equal to their plain strings)."""
+
+
 class WaitingReason(StrEnum):
     """Why a WAITING job is parked."""
 

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from aetheris.kafka.records import TERMINAL_STATUSES
 from aetheris.ledger import FencedTransaction, StepRecord
 from aetheris.outbox import JobCursor
-
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 
 @dataclass
@@ -67,7 +66,7 @@ class JobHandle:
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in TERMINAL_STATUSES
 
     def add_step(self, step: StepRecord) -> None:
         """Index a ledger row: steps by call order, inbox rows by key."""
