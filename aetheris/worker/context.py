@@ -276,7 +276,6 @@ class JobContext(Context):
                 value = await _with_timeout(call(step.idempotency_key or step.step_key),
                                             definition.timeout_s, step.name)
                 result = to_json_value(value, f"{step.name} result")
-                crash_point("before_complete", step.name)
             except StepTimeoutError as exc:
                 if not definition.idempotent:
                     # The tool may still have had its effect (a sync tool's thread even runs
@@ -368,6 +367,7 @@ class JobContext(Context):
                 idempotency_key=step.idempotency_key))
 
     def _completed(self, tx: FencedTransaction, step: StepRecord, duration_ms: int) -> None:
+        crash_point("before_complete", step.name)
         reply_point("before_complete", step.name)
         self._write(tx, step)
         tx.durable.append(functools.partial(self._job.outcome_committed, step.step_key))
