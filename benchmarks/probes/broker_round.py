@@ -23,21 +23,11 @@ from confluent_kafka.admin import NewTopic
 from cpu_split import cpu_seconds, processes
 
 from aetheris.config import load_settings
-from aetheris.dev.stack import DevStack
+from aetheris.endpoints import resolve_broker
 from aetheris.kafka.clients import COMMAND_PRODUCER, make_admin, make_consumer, make_producer
 
 PARTITIONS = 12
 VALUE = b"x" * 300  # about a submission's size
-
-
-def bootstrap() -> str:
-    settings = load_settings()
-    if settings.kafka_bootstrap:
-        return settings.kafka_bootstrap
-    state = DevStack(settings).running_state()
-    if state is None:
-        raise SystemExit("no broker: start one with `aetheris dev up` or set AETHERIS_KAFKA_BOOTSTRAP")
-    return state.bootstrap
 
 
 class Reader:
@@ -71,7 +61,7 @@ def per_message_us(broker: list[psutil.Process], count: int,
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    servers, name = bootstrap(), f"probe-broker-round-{uuid.uuid4().hex[:8]}"
+    (servers, _profile), name = resolve_broker(load_settings()), f"probe-broker-round-{uuid.uuid4().hex[:8]}"
     topic, unread = f"{name}-read", f"{name}-unread"  # the second has no consumer waiting
     broker = processes("kafka.Kafka")
     admin = make_admin(servers)

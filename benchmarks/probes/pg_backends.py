@@ -24,25 +24,27 @@ from aetheris.client import AsyncClient
 from aetheris.config import load_settings
 
 
-def roles(database_url: str, worker: psutil.Process) -> dict[int, str]:
-    """Backend pid -> whose connection it serves: the backend's client port tells the process."""
+def roles(database_url: str, worker: psutil.Process) -> dict[int, str | None]:
+    """Server process pid -> what it serves (None: a backend of another database).
+
+    A backend of the bench database serves the worker or the client: its client port tells which.
+    """
     worker_ports = {conn.laddr.port for conn in worker.net_connections("tcp")}
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid, client_port, query FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
-    return {pid: role(port in worker_ports, query) for pid, port, query in rows}
+            "SELECT pid, backend_type, datname = current_database(), client_port, query "
+            "FROM pg_stat_activity WHERE pid <> pg_backend_pid()").fetchall()
+    return {pid: role(kind, ours, port in worker_ports, query) for pid, kind, ours, port, query in rows}
 
 
-def role(of_worker: bool, query: str) -> str:
+def role(kind: str, ours: bool, of_worker: bool, query: str) -> str | None:
+    if kind != "client backend":
+        return kind  # the server's own: walwriter, checkpointer, ...
+    if not ours:
+        return None
     if not of_worker:
         return "client's backends"
     return "worker's commits" if "aetheris_commit" in query else "worker's other backends"
-
-
-def server_role(proc: psutil.Process) -> str:
-    title = " ".join(proc.info["cmdline"] or ())
-    return title.split(":", 1)[1].strip() if ":" in title else "postmaster"
 
 
 async def measure(env: BenchEnv, count: int) -> None:
@@ -51,10 +53,9 @@ async def measure(env: BenchEnv, count: int) -> None:
     backends = roles(env.settings.database_url or "", psutil.Process(env.workers[0].proc.pid))
     groups: dict[str, list[psutil.Process]] = {}
     for proc in processes("postgres"):
-        name = backends.get(proc.pid) or server_role(proc)
-        if "aetheris_bench" in name or "postgres postgres" in name:
-            continue  # another database's backend
-        groups.setdefault(name, []).append(proc)
+        name = backends.get(proc.pid, "postmaster")  # the one process pg_stat_activity omits
+        if name:
+            groups.setdefault(name, []).append(proc)
     before = {name: cpu_seconds(group) for name, group in groups.items()}
     began = time.perf_counter()
     await jobs(client, count)
